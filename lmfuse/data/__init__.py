@@ -1,0 +1,1 @@
+"""Data layer: corpora (TFDS builders and sources), SentencePiece, Grain pipelines."""
