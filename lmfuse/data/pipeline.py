@@ -1,0 +1,199 @@
+"""The Grain input pipeline: shard, shuffle, tokenize, augment, pack or pad, batch.
+
+    examples (MapDataset of dicts)
+      -> this process's shard  (every `shard_count`-th example: disjoint, and together complete)
+      -> shuffle with the seed, re-shuffled each epoch, repeated
+      -> tokenize; truncate or drop over-long examples
+      -> augment (train only, from config; per-example deterministic noise)
+      -> pack (LM rows with segment ids and positions) or pad to fixed length
+      -> batch of `batch_size // shard_count` rows per process
+
+Batches are dicts of int32 arrays:
+
+* lm:        `inputs`, `targets` (= inputs shifted by one within each document), and their
+             `*_segment_ids` / `*_positions`. Each document is `[BOS] text [EOS]`; attention and
+             loss never cross documents because segment ids differ.
+* translate: `inputs` (source + EOS) and `targets` (target + EOS), with segment ids and
+             positions. The model shifts `targets` right behind BOS for teacher forcing.
+
+Segment id 0 is padding. The iterator returned by `iter()` has `get_state()`/`set_state()`, so a
+checkpoint can hold it and a resumed run sees exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from lmfuse.data import augment
+from lmfuse.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from lmfuse.errors import LmfuseError
+
+FEATURES = ("inputs", "targets")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """Everything that shapes a pipeline, separate from the config so tests can build one."""
+
+    view: str  # 'lm' or 'translate'
+    batch_size: int  # global, across all processes
+    max_length: int  # tokens per example, counting BOS/EOS
+    seq_len: int  # packed LM row length
+    pack: bool = True
+    overlong: str = "truncate"
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = None  # None repeats forever
+    drop_remainder: bool = True
+    augment: ml_collections.ConfigDict | None = None
+    shard_index: int | None = None  # None: jax.process_index()
+    shard_count: int | None = None  # None: jax.process_count()
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, split: str, **overrides) -> PipelineOptions:
+        data = config.data
+        train = split == "train"
+        options = dict(
+            view=data.view,
+            batch_size=config.train.batch_size,
+            max_length=data.max_length,
+            seq_len=data.seq_len,
+            pack=data.pack,
+            overlong=data.overlong,
+            seed=config.seed,
+            shuffle=data.shuffle and train,
+            num_epochs=None if train else 1,
+            drop_remainder=train,
+            augment=data.augment if train and augment.is_enabled(data.augment) else None,
+        )
+        options.update(overrides)
+        return cls(**options)
+
+
+def make_dataset(
+    examples: grain.MapDataset, tokenizer: Tokenizer, options: PipelineOptions
+) -> grain.IterDataset:
+    """Builds the batched `IterDataset` for this process."""
+    shard_index, shard_count = _shard(options)
+    per_process, remainder = divmod(options.batch_size, shard_count)
+    if remainder or per_process == 0:
+        raise LmfuseError(
+            f"train.batch_size={options.batch_size} must be a positive multiple of the "
+            f"{shard_count} data-loading processes"
+        )
+    if options.view == "lm" and options.pack and options.max_length > options.seq_len:
+        raise LmfuseError(
+            f"data.max_length={options.max_length} exceeds data.seq_len={options.seq_len}; "
+            "a packed row must fit the longest example"
+        )
+    dataset = examples[shard_index::shard_count]
+    if options.shuffle:
+        dataset = dataset.shuffle(seed=options.seed)
+    dataset = dataset.repeat(options.num_epochs)
+    dataset = dataset.map(_Tokenize(tokenizer, options))
+    dataset = dataset.filter(lambda example: example is not None)
+    if options.augment is not None:
+        dataset = dataset.random_map(
+            _Augment(options.augment, tokenizer.vocab_size, options), seed=options.seed
+        )
+    iterable = dataset.to_iter_dataset()
+    lengths = _lengths(options)
+    if options.pack:
+        iterable = grain.experimental.FirstFitPackIterDataset(
+            iterable,
+            length_struct=lengths,
+            num_packing_bins=per_process,
+            seed=options.seed,
+            shuffle_bins=options.shuffle,
+        )
+    else:
+        iterable = iterable.map(_Pad(lengths))
+    return iterable.batch(per_process, drop_remainder=options.drop_remainder)
+
+
+def _shard(options: PipelineOptions) -> tuple[int, int]:
+    count = jax.process_count() if options.shard_count is None else options.shard_count
+    index = jax.process_index() if options.shard_index is None else options.shard_index
+    if not 0 <= index < count:
+        raise LmfuseError(f"shard index {index} is outside [0, {count})")
+    return index, count
+
+
+def _lengths(options: PipelineOptions) -> dict[str, int]:
+    if options.view == "lm":
+        return {"inputs": options.seq_len, "targets": options.seq_len}
+    return {"inputs": options.max_length, "targets": options.max_length}
+
+
+class _Tokenize(grain.transforms.Map):
+    """Text to ids; over-long examples are truncated or dropped (None) per `overlong`."""
+
+    def __init__(self, tokenizer: Tokenizer, options: PipelineOptions):
+        self._tokenizer = tokenizer
+        self._view = options.view
+        self._max_length = options.max_length
+        self._drop = options.overlong == "drop"
+
+    def _fit(self, ids: list[int], budget: int) -> list[int] | None:
+        if len(ids) <= budget:
+            return ids
+        return None if self._drop else ids[:budget]
+
+    def map(self, example: dict) -> dict | None:
+        if self._view == "lm":
+            # [BOS] text [EOS] -> inputs = all but the last, targets = all but the first.
+            ids = self._fit(self._tokenizer.encode(example["text"]), self._max_length - 1)
+            if ids is None:
+                return None
+            document = np.asarray([BOS_ID, *ids, EOS_ID], np.int32)
+            return {"inputs": document[:-1], "targets": document[1:]}
+        source = self._fit(self._tokenizer.encode(example["source"]), self._max_length - 1)
+        target = self._fit(self._tokenizer.encode(example["target"]), self._max_length - 1)
+        if source is None or target is None:
+            return None
+        return {
+            "inputs": np.asarray([*source, EOS_ID], np.int32),
+            "targets": np.asarray([*target, EOS_ID], np.int32),
+        }
+
+
+class _Augment(grain.transforms.RandomMap):
+    """Noises the LM document or the seq2seq source, keeping BOS/EOS in place.
+
+    Inserted noise can lengthen an example, so it is cut back to `max_length` afterwards.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int, options: PipelineOptions):
+        self._cfg, self._vocab_size = cfg, vocab_size
+        self._view, self._budget = options.view, options.max_length - 1
+
+    def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+        # LM inputs are [BOS] text; seq2seq inputs are source [EOS].
+        text = example["inputs"][1:] if self._view == "lm" else example["inputs"][:-1]
+        noised = augment.augment(text, rng, self._cfg, self._vocab_size)[: self._budget]
+        if self._view == "lm":
+            document = np.concatenate([[BOS_ID], noised, [EOS_ID]]).astype(np.int32)
+            return {"inputs": document[:-1], "targets": document[1:]}
+        return {**example, "inputs": np.append(noised, EOS_ID).astype(np.int32)}
+
+
+class _Pad(grain.transforms.Map):
+    """Pads each feature to its fixed length, adding the same keys packing would."""
+
+    def __init__(self, lengths: dict[str, int]):
+        self._lengths = lengths
+
+    def map(self, example: dict) -> dict:
+        out = {}
+        for name, length in self._lengths.items():
+            ids = example[name][:length]
+            n = len(ids)
+            out[name] = np.pad(ids, (0, length - n)).astype(np.int32)
+            out[f"{name}_segment_ids"] = (np.arange(length) < n).astype(np.int32)
+            out[f"{name}_positions"] = np.where(np.arange(length) < n, np.arange(length), 0).astype(np.int32)
+        return out

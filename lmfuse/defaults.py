@@ -1,0 +1,72 @@
+"""Default config groups that experiment files in configs/ start from and override.
+
+Every key a user may set exists here with a typed default, so an override of a misspelt key or
+of the wrong type fails at load time with the key's name (see `lmfuse.config`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def data_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Corpus: 'bible' (versions below, plus 'rv1909' for Spanish), a TFDS name such as 'lm1b' or
+    # 'wmt14_translate/de-en', or 'text' for the user's own files.
+    c.corpus = "bible"
+    c.view = "lm"  # 'lm' (monolingual text) or 'translate' (source -> target pairs)
+    c.data_dir = ""  # '' means $LMFUSE_DATA_DIR, else ~/.cache/lmfuse
+
+    # Bible views. `versions` feeds the lm view: a comma list, or 'all' for every validated
+    # English version. `source` may be 'public': every other English version, one pair each.
+    c.versions = "asv"
+    c.source = "kjv"
+    c.target = "asv"
+    c.tag_source = False  # prefix each source line with its version tag, e.g. '<ylt>'
+    c.keep_brackets = True  # keep KJV's [bracketed] italics markers
+    c.train_fraction = 1.0  # use only the first fraction of the (fixed-order) train pairs
+
+    # TFDS translate direction ('' = the order in the dataset name) and users' files.
+    c.source_lang = ""
+    c.target_lang = ""
+    c.files = ml_collections.ConfigDict({"train": "", "validation": "", "test": ""})
+
+    # Lengths in tokens, counting BOS/EOS. Longer examples are truncated or dropped, and counted.
+    c.max_length = 128
+    c.overlong = "truncate"  # 'truncate' or 'drop'
+    c.pack = True  # pack examples into rows with segment ids (lm, and seq2seq if set)
+    c.seq_len = 128  # length of a packed LM row
+    c.shuffle = True
+
+    # Augmentation (training split only, off by default), applied to LM text / seq2seq sources.
+    c.augment = ml_collections.ConfigDict(
+        {
+            "token_dropout": 0.0,  # drop each token with this probability
+            "token_replace": 0.0,  # replace each token by a random one with this probability
+            "local_reorder": 0,  # shuffle tokens within windows of this many positions
+            "noise_insert": 0.0,  # insert a random token after each token with this probability
+        }
+    )
+    return c
+
+
+def tokenizer_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.vocab_size = 8000
+    c.model_type = "unigram"  # 'unigram' or 'bpe'
+    c.character_coverage = 1.0
+    # The tokenizer is trained on the train split of these Bible versions, whatever the view,
+    # so an LM and a seq2seq model prepared from the same settings share one vocabulary.
+    # Non-Bible corpora train on their own train text.
+    c.versions = "all,rv1909"
+    c.max_sentences = 2_000_000
+    return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = data_config()
+    c.tokenizer = tokenizer_config()
+    c.train = ml_collections.ConfigDict({"batch_size": 32})
+    return c
