@@ -19,9 +19,6 @@ Some builders' generation code (lm1b's) calls TensorFlow; reading never does.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import importlib.util
-import sys
 from typing import TYPE_CHECKING, Any
 
 from lmfuse.errors import LmfuseError
@@ -74,7 +71,6 @@ def prepare_named(name: str, data_dir: str | None) -> None:
 
     _check_name(name)
     _register_builders(name)
-    _alias_importlib_resources()
     builder = tfds.builder(name, data_dir=data_dir)
     try:
         builder.download_and_prepare(file_format="array_record")
@@ -138,15 +134,6 @@ def _register_builders(name: str) -> None:
     if name.startswith("wmt"):
         import tensorflow_datasets.translate  # noqa: F401
 
-
-def _alias_importlib_resources() -> None:
-    """Let TFDS find `importlib_resources` when the backport isn't installed.
-
-    TFDS 4.9 refers to the backport when locating a builder's code (needed to prepare), but
-    only requires it on Python < 3.9; the standard library module has the same `abc` API.
-    """
-    if importlib.util.find_spec("importlib_resources") is None:
-        sys.modules.setdefault("importlib_resources", importlib.resources)
 
 
 def _data_source(name: str, split: str, data_dir: str | None) -> Any:
