@@ -2,6 +2,9 @@
 
     lmfuse data prepare --config C [--data_dir D] [--config.key=value ...]
     lmfuse data show    --config C [--n 3]        [--config.key=value ...]
+    lmfuse train   --config C --workdir W [--config.key=value ...]   (resumes if W has a checkpoint)
+    lmfuse eval    --workdir W [--split validation|test]
+    lmfuse inspect --workdir W
 
 A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2.
 """
@@ -40,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = data_commands.add_parser("show", help="per-split counts, alignment checks, examples")
     _config_args(show)
     show.add_argument("--n", type=int, default=3, help="examples to print per split")
+
+    train = commands.add_parser("train", help="train a model; resumes an existing workdir")
+    _config_args(train)
+    train.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+    train.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+
+    evaluate = commands.add_parser("eval", help="perplexity of a trained workdir")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--split", default="validation", choices=("validation", "test"))
+
+    inspect = commands.add_parser("inspect", help="step, parameter counts, shapes, digest")
+    inspect.add_argument("--workdir", required=True)
     return parser
 
 
@@ -62,7 +77,39 @@ def run(argv: Sequence[str]) -> int:
             report.prepare(config)
         else:
             report.show(config, n=args.n)
+    elif args.command == "train":
+        config = _load(args, overrides)
+        _check_workdir_config(args.workdir, config)
+        from lmfuse.train.loop import train
+
+        train(config, args.workdir, progress=not args.no_progress)
+    else:
+        if overrides:
+            raise LmfuseError(f"{args.command} reads the config stored in the workdir; drop {overrides[0]}")
+        from lmfuse import commands as workdir_commands
+
+        getattr(workdir_commands, args.command)(args)
     return 0
+
+
+def _check_workdir_config(workdir: str, config) -> None:
+    """Resuming with a different model would fail deep inside Orbax; say so up front."""
+    from pathlib import Path
+
+    if not (Path(workdir) / "checkpoints").is_dir():
+        return
+    from lmfuse.train.workdir import load_workdir_config
+
+    try:
+        stored = load_workdir_config(workdir)
+    except LmfuseError:
+        return  # no finished checkpoint yet: start fresh
+    for key in sorted(set(stored.model.keys()) | set(config.model.keys())):
+        if stored.model.get(key) != config.model.get(key):
+            raise LmfuseError(
+                f"workdir {workdir} holds a model with model.{key}={stored.model.get(key)!r}, "
+                f"but the config says {config.model.get(key)!r}; use a fresh --workdir"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,10 +63,58 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     return c
 
 
+def optimizer_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "adamw"
+    c.learning_rate = 1e-3
+    c.schedule = "warmup_cosine"
+    c.warmup_steps = 100
+    c.end_learning_rate_factor = 0.1  # final lr = factor * lr (cosine and linear)
+    c.decay_rate = 0.5  # exponential: lr * decay_rate ** (step / transition_steps)
+    c.transition_steps = 1000
+    c.clip_norm = 1.0  # 0 disables clipping
+    c.weight_decay = 0.01
+    c.b1 = 0.9
+    c.b2 = 0.98
+    c.eps = 1e-9
+    c.momentum = 0.9  # sgd; 0 for plain SGD
+    c.nesterov = False
+    c.initial_accumulator_value = 0.1  # adagrad
+    c.decay = 0.9  # rmsprop
+    return c
+
+
+def train_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.steps = 1000
+    c.batch_size = 32  # global, in rows (packed LM rows or seq2seq pairs)
+    c.accum_steps = 1  # micro-batches per step (gradient accumulation)
+    c.label_smoothing = 0.0
+    c.z_loss = 0.0
+    c.log_every = 50
+    c.eval_every = 500
+    c.eval_batches = 0  # 0: the whole validation split
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.peak_tflops = 0.0  # per device, for MFU; 0 looks the device up
+    return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    # -1 means "fill with whatever devices are left" (at most one axis may say so).
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+
 def base_config() -> ml_collections.ConfigDict:
+    """Every group with its defaults; configs/ files override what their experiment needs."""
+    from lmfuse.models.registry import model_defaults
+
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = data_config()
     c.tokenizer = tokenizer_config()
-    c.train = ml_collections.ConfigDict({"batch_size": 32})
+    c.model = model_defaults()
+    c.optimizer = optimizer_config()
+    c.train = train_config()
+    c.mesh = mesh_config()
     return c

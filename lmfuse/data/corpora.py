@@ -14,9 +14,12 @@ Origins:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grain
 import ml_collections
@@ -36,11 +39,10 @@ VERSION_TAGS = tuple(f"<{v}>" for v in (*bible.ENGLISH_VERSIONS, sword.SPANISH_V
 
 @dataclasses.dataclass
 class Examples:
-    """The examples of one split, and counts of what was left out while building them."""
+    """The examples of one split."""
 
-    dataset: grain.MapDataset
+    dataset: grain.MapDataset  # may hold None for skipped (empty) examples; Grain skips them
     view: str
-    skipped_empty: int = 0
     records: int = 0  # underlying records (verses, lines, TFDS rows) before the view
 
 
@@ -169,7 +171,8 @@ def _fraction(dataset: grain.MapDataset, fraction: float) -> grain.MapDataset:
     # and the low-resource examples come from every book, not just Genesis.
     order = np.random.default_rng(0).permutation(len(dataset))
     keep = np.sort(order[: max(1, round(fraction * len(dataset)))])
-    return grain.MapDataset.source([dataset[int(i)] for i in keep])
+    rows = (dataset[int(i)] for i in keep)
+    return grain.MapDataset.source([row for row in rows if row is not None])
 
 
 def _text_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
@@ -178,26 +181,37 @@ def _text_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
     return Examples(dataset, data_cfg.view, records=len(dataset))
 
 
-def read_bible_records(names: tuple[str, ...], split: str, root: Path) -> list[dict]:
-    """Verse records of `split` (ids and texts of every version), joined across builders."""
-    records: list[dict] | None = None
+def bible_sources(names: tuple[str, ...], split: str, root: Path) -> dict[str, Any]:
+    """Random-access TFDS sources (ArrayRecord) of the Bible builders, one per name."""
+    sources = {}
     for name in names:
         try:
-            source = tfds.data_source(name, split=split, data_dir=str(root))
+            sources[name] = tfds.data_source(name, split=split, data_dir=str(root))
         except Exception as e:  # TFDS raises several types for "not prepared"
             raise LmfuseError(
                 f"dataset {name!r} is not prepared in {root} ({type(e).__name__}); "
                 "run: lmfuse data prepare --config <your config>"
             ) from None
-        rows = source.__getitems__(range(len(source)))
-        if records is None:
-            records = [dict(row) for row in rows]
-            continue
-        for record, row in zip(records, rows, strict=True):
-            if record["verse_id"] != row["verse_id"]:  # both builders write canonical order
-                raise LmfuseError(f"{name} is out of step with bible; delete {root / name} and re-prepare")
-            record.update(row)
-    return records or []
+    lengths = {name: len(source) for name, source in sources.items()}
+    if len(set(lengths.values())) > 1:  # both builders write every KJV id of the split
+        raise LmfuseError(f"prepared Bible datasets disagree in size {lengths}; re-prepare them")
+    return sources
+
+
+def read_bible_records(names: tuple[str, ...], split: str, root: Path) -> list[dict]:
+    """Every verse record of `split`, joined across builders (eager; for reports and tests)."""
+    sources = bible_sources(names, split, root)
+    columns = [source.__getitems__(range(len(source))) for source in sources.values()]
+    return [_join(rows) for rows in zip(*columns, strict=True)]
+
+
+def _join(rows) -> dict:
+    record = dict(rows[0])
+    for row in rows[1:]:
+        if row["verse_id"] != record["verse_id"]:  # builders write canonical verse order
+            raise LmfuseError("prepared Bible datasets are out of step; re-prepare them")
+        record.update(row)
+    return record
 
 
 def _verse_text(record: dict, version: str, keep_brackets: bool) -> str:
@@ -208,35 +222,43 @@ def _verse_text(record: dict, version: str, keep_brackets: bool) -> str:
     return text
 
 
+class _VerseView:
+    """Example `i` of a view: verse `i // len(pairs)`, version pair `i % len(pairs)`.
+
+    Records are decoded lazily, on demand, straight from the ArrayRecord sources. An example
+    with an empty side (a version lacking the verse) is None, which Grain skips.
+    """
+
+    def __init__(self, sources: dict, pairs: list[tuple[str, ...]], keep_brackets: bool,
+                 tag_source: bool):
+        self._sources, self._pairs = sources, pairs
+        self._keep, self._tag = keep_brackets, tag_source
+
+    def __call__(self, index: int) -> dict | None:
+        verse, pair = divmod(int(index), len(self._pairs))
+        record = _join([source[verse] for source in self._sources.values()])
+        texts = [_verse_text(record, version, self._keep) for version in self._pairs[pair]]
+        if not all(texts):
+            return None
+        if len(texts) == 1:
+            return {"text": texts[0]}
+        source_version = self._pairs[pair][0]
+        source = f"<{source_version}> {texts[0]}" if self._tag else texts[0]
+        return {"source": source, "target": texts[1]}
+
+
 def _bible_examples(config: ml_collections.ConfigDict, split: str) -> Examples:
     data_cfg = config.data
-    root = data_dir(data_cfg)
-    records = read_bible_records(needed_builders(config), split, root)
-    keep = data_cfg.keep_brackets
-    rows: list[dict] = []
-    skipped = 0
+    sources = bible_sources(needed_builders(config), split, data_dir(data_cfg))
     if data_cfg.view == "lm":
-        for record in records:
-            for version in parse_versions(data_cfg.versions):
-                text = _verse_text(record, version, keep)
-                if text:
-                    rows.append({"text": text})
-                else:
-                    skipped += 1
+        pairs = [(version,) for version in parse_versions(data_cfg.versions)]
     else:
         (target,) = parse_versions(data_cfg.target)
-        sources = _translate_sources(data_cfg)
-        for record in records:
-            target_text = _verse_text(record, target, keep)
-            for version in sources:
-                source_text = _verse_text(record, version, keep)
-                if not (source_text and target_text):
-                    skipped += 1
-                    continue
-                if data_cfg.tag_source:
-                    source_text = f"<{version}> {source_text}"
-                rows.append({"source": source_text, "target": target_text})
-    return Examples(grain.MapDataset.source(rows), data_cfg.view, skipped, len(records))
+        pairs = [(source, target) for source in _translate_sources(data_cfg)]
+    records = len(next(iter(sources.values())))
+    view = _VerseView(sources, pairs, data_cfg.keep_brackets, data_cfg.tag_source)
+    dataset = grain.MapDataset.range(records * len(pairs)).map(view)
+    return Examples(dataset, data_cfg.view, records=records)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,8 +287,43 @@ def tokenizer_cache_dir(config: ml_collections.ConfigDict) -> Path:
     return data_dir(config.data) / "tokenizers"
 
 
+def _corpus_fingerprint(config: ml_collections.ConfigDict) -> dict:
+    """What the tokenizer's training text depends on, cheap to compute (no text is read)."""
+    data_cfg, root = config.data, data_dir(config.data)
+    if data_cfg.corpus == "bible":
+        files = sorted(p for name in needed_builders(config) for p in (root / name).rglob("*train*"))
+    elif data_cfg.corpus == "text":
+        files = [Path(data_cfg.files.train.split("|")[0]), Path(data_cfg.files.train.split("|")[-1])]
+    else:
+        files = sorted((root / data_cfg.corpus.split("/")[0]).rglob("*train*"))
+    stamps = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file()]
+    return {"corpus": data_cfg.corpus, "view": data_cfg.view, "files": stamps}
+
+
 def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
-    """The config's SentencePiece model, trained on first use and then found by content hash."""
+    """The config's SentencePiece model, trained on first use and then found by content hash.
+
+    Hashing the content means reading the whole training text; an index keyed by the settings
+    and the prepared files' sizes and times finds the model without reading it again.
+    """
+    tok_cfg = config.tokenizer
+    index_path = tokenizer_cache_dir(config) / "index.json"
+    key = hashlib.sha256(
+        json.dumps([tok_cfg.to_dict(), _corpus_fingerprint(config)], sort_keys=True).encode()
+    ).hexdigest()
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    known = index_path.parent / index.get(key, "missing")
+    if known.is_file():
+        return Tokenizer(known)
+    tokenizer = _train_config_tokenizer(config)
+    index[key] = tokenizer.path.name
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, index_path)
+    return tokenizer
+
+
+def _train_config_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     tok_cfg = config.tokenizer
     symbols = VERSION_TAGS if config.data.corpus == "bible" else ()
     return train_tokenizer(

@@ -42,9 +42,8 @@ def split_stats(
     texts = [text for row in rows for text in row.values()]
     lengths = np.array([len(ids) + 1 for ids in tokenizer.encode_batch(texts)], dtype=np.int64)
     overlong = int((lengths > config.data.max_length).sum())
-    stats = SplitStats(
-        split, examples.records, len(rows), examples.skipped_empty, int(lengths.sum()), overlong
-    )
+    skipped = len(examples.dataset) - len(rows)  # views hold None where a side is empty
+    stats = SplitStats(split, examples.records, len(rows), skipped, int(lengths.sum()), overlong)
     return stats, rows
 
 

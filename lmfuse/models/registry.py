@@ -1,0 +1,123 @@
+"""Model configs and construction: `model_defaults()` lists every model key, `build_model` checks
+a config and returns the Flax module it describes.
+
+Models never read a config themselves: `build_model` copies the fields into a frozen dataclass
+(`TransformerConfig` / `RNNConfig`) that the module holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+
+from lmfuse.errors import LmfuseError
+from lmfuse.models.layers import ACTIVATIONS, DTYPES
+from lmfuse.models.rnn import RNNLM, RNNConfig
+from lmfuse.models.transformer import REMAT_POLICIES, TransformerConfig, TransformerLM
+
+MODEL_NAMES = ("rnn", "lstm", "gru", "transformer")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "name": MODEL_NAMES,
+    "norm": ("pre", "post"),
+    "positions": ("learned", "sinusoidal", "rope"),
+    "activation": tuple(ACTIVATIONS),
+    "remat_policy": tuple(REMAT_POLICIES),
+    "dtype": tuple(DTYPES),
+    "attention_impl": ("xla", "cudnn"),
+}
+POSITIVE_INTS = ("emb_dim", "hidden_dim", "num_layers", "num_heads", "mlp_dim", "max_len")
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+    """Every model key with a typed default. Keys a family does not use are ignored by it."""
+    c = ml_collections.ConfigDict()
+    c.name = "transformer"  # one of MODEL_NAMES
+    c.emb_dim = 512  # token embedding width (the transformer's model width)
+    c.hidden_dim = 512  # RNN state width (must equal emb_dim when tie_embeddings)
+    c.num_layers = 6
+    c.num_heads = 8
+    c.head_dim = 0  # 0 means emb_dim // num_heads
+    c.mlp_dim = 2048
+    c.dropout = 0.1  # on embeddings, residual branches (transformer) / between layers (RNN)
+    c.tie_embeddings = True  # output layer = embedding matrix transposed
+    c.norm = "pre"  # 'pre' | 'post' LayerNorm
+    c.positions = "learned"  # 'learned' | 'sinusoidal' | 'rope'
+    c.max_len = 512  # learned position table size and default KV cache length
+    c.activation = "gelu"  # 'gelu' (erf) | 'gelu_new' (tanh approx., GPT-2) | 'relu'
+    c.layer_norm_epsilon = 1e-5
+    c.use_bias = True  # biases in the transformer's dense layers
+    c.scan_layers = False  # nn.scan over transformer layers (params get a 'layers' axis)
+    c.remat_policy = "none"  # 'none' | 'full' | 'dots' | 'dots_no_batch'
+    c.dtype = "float32"  # compute dtype, 'float32' | 'bfloat16'; params are always float32
+    c.attention_impl = "xla"  # 'xla' | 'cudnn' (GPU, bf16; jax.nn.dot_product_attention)
+    c.hoist_input_projection = True  # RNN: input-to-hidden matmul for all steps before the scan
+    return c
+
+
+def build_model(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_size: int) -> nn.Module:
+    """Checks `model_cfg` (missing keys take defaults) and returns an unbound Flax module."""
+    c = _checked(model_cfg, vocab_size)
+    if c["name"] == "transformer":
+        return TransformerLM(
+            TransformerConfig(
+                vocab_size=vocab_size,
+                **{f: c[f] for f in TransformerConfig.__dataclass_fields__ if f != "vocab_size"},
+            )
+        )
+    fields = {f: c[f] for f in RNNConfig.__dataclass_fields__ if f not in ("vocab_size", "cell")}
+    return RNNLM(RNNConfig(vocab_size=vocab_size, cell=c["name"], **fields))
+
+
+def _checked(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
+    given = model_cfg.to_dict() if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
+    defaults = model_defaults().to_dict()
+    for key in given:
+        if key not in defaults:
+            raise LmfuseError(f"unknown model config key 'model.{key}' (known: {', '.join(sorted(defaults))})")
+    c = {**defaults, **given}
+
+    for key, default in defaults.items():
+        value = c[key]
+        ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            c[key] = value = float(value)
+            ok = True
+        if not ok:
+            raise LmfuseError(
+                f"model.{key} must be a {type(default).__name__}, got {value!r}; fix it in the config"
+            )
+    for key, allowed in CHOICES.items():
+        if c[key] not in allowed:
+            raise LmfuseError(f"model.{key}={c[key]!r} is not one of {', '.join(allowed)}")
+    for key in POSITIVE_INTS:
+        if c[key] <= 0:
+            raise LmfuseError(f"model.{key}={c[key]} must be positive")
+    if c["head_dim"] < 0:
+        raise LmfuseError(f"model.head_dim={c['head_dim']} must be >= 0 (0 means emb_dim // num_heads)")
+    if not 0.0 <= c["dropout"] < 1.0:
+        raise LmfuseError(f"model.dropout={c['dropout']} must be in [0, 1)")
+    if c["layer_norm_epsilon"] <= 0:
+        raise LmfuseError(f"model.layer_norm_epsilon={c['layer_norm_epsilon']} must be positive")
+    if vocab_size <= 0:
+        raise LmfuseError(f"vocab_size={vocab_size} must be positive; check the tokenizer")
+
+    if c["name"] == "transformer":
+        if c["head_dim"] == 0 and c["emb_dim"] % c["num_heads"]:
+            raise LmfuseError(
+                f"model.emb_dim={c['emb_dim']} is not divisible by model.num_heads={c['num_heads']}; "
+                "change one or set model.head_dim"
+            )
+        head_size = c["head_dim"] or c["emb_dim"] // c["num_heads"]
+        if c["positions"] == "rope" and head_size % 2:
+            raise LmfuseError(f"model.positions='rope' needs an even head size, got {head_size}")
+    else:
+        if c["tie_embeddings"] and c["hidden_dim"] != c["emb_dim"]:
+            raise LmfuseError(
+                f"model.tie_embeddings needs model.hidden_dim == model.emb_dim for an RNN, got "
+                f"{c['hidden_dim']} and {c['emb_dim']}; make them equal or set tie_embeddings=False"
+            )
+    return c

@@ -1,0 +1,1 @@
+"""Training: optimizer builder, mesh and sharding rules, train/eval steps, loop, checkpoints."""

@@ -1,0 +1,300 @@
+"""The training loop: config -> sharded state -> jitted steps -> checkpoints and metrics.
+
+    tokenizer + data  ->  model (registry)  ->  mesh + logical rules  ->  sharded TrainState
+      -> restore the latest checkpoint if the workdir has one (state + data iterator)
+      -> for each step: next batch -> global array -> train_step (jit, donated state)
+      -> every log_every: metrics to TensorBoard / metrics.jsonl / progress bar (one host sync)
+      -> every eval_every: validation perplexity; every checkpoint_every: async checkpoint
+
+Host syncs happen only at log, eval and checkpoint points. A non-finite loss is caught at the
+next of those points, before any checkpoint is written, so the last good checkpoint survives.
+SIGTERM saves a checkpoint at the current step and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from lmfuse.data import corpora
+from lmfuse.data.pipeline import PipelineOptions, make_dataset
+from lmfuse.data.tokenizer import Tokenizer
+from lmfuse.errors import LmfuseError
+from lmfuse.models.registry import build_model
+from lmfuse.train import checkpoint, sharding
+from lmfuse.train.metrics_log import MetricsLog, flops_per_token, peak_flops_per_device
+from lmfuse.train.optim import build_optimizer
+from lmfuse.train.step import LossOptions, TrainState, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything built from a config: model, mesh, shardings and the compiled steps."""
+
+    config: ml_collections.ConfigDict
+    tokenizer: Tokenizer
+    model: nn.Module
+    mesh: jax.sharding.Mesh
+    state_shardings: TrainState
+    abstract_state: TrainState
+    init_fn: object
+    train_step: object
+    eval_step: object
+    schedule: object
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params))
+
+
+def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Trainer:
+    model = build_model(config.model, tokenizer.vocab_size)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    tx, schedule = build_optimizer(config.optimizer, config.train.steps)
+    seq_len = config.data.seq_len
+
+    def init_boxed(rng):
+        dummy = jnp.zeros((1, seq_len), jnp.int32)
+        params = model.init({"params": rng, "dropout": rng}, dummy, deterministic=True)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    rng = jax.random.key(config.seed)
+    boxed = jax.eval_shape(init_boxed, rng)
+    # Logical names come from the boxes the model put on its params; one table maps them.
+    state_shardings = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh)
+    abstract_state = jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+        nn.unbox(boxed),
+        state_shardings,
+    )
+    init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_shardings)
+
+    loss_options = LossOptions(config.train.label_smoothing, config.train.z_loss)
+    if config.train.batch_size % config.train.accum_steps:
+        raise LmfuseError(
+            f"train.batch_size={config.train.batch_size} is not divisible by "
+            f"train.accum_steps={config.train.accum_steps}"
+        )
+    batch_sharding = sharding.batch_sharding(mesh)
+    replicated = sharding.replicated(mesh)
+    train_step = jax.jit(
+        make_train_step(model.apply, tx, loss_options, config.train.accum_steps),
+        in_shardings=(state_shardings, batch_sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        make_eval_step(model.apply),
+        in_shardings=(state_shardings.params, batch_sharding),
+        out_shardings=replicated,
+    )
+    return Trainer(config, tokenizer, model, mesh, state_shardings, abstract_state, init_fn,
+                   train_step, eval_step, schedule)
+
+
+def tokenizer_ref(tokenizer: Tokenizer) -> dict:
+    return {"path": str(tokenizer.path), "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def text_units(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
+    """Words and characters of a split (each document also ends with EOS, counted as one)."""
+    words = chars = docs = 0
+    for example in corpora.load_examples(config, split).dataset:
+        if example is None:
+            continue
+        text = example.get("text", example.get("target", ""))
+        words += len(text.split()) + 1
+        chars += len(text) + 1
+        docs += 1
+    return {"words": words, "chars": chars, "docs": docs}
+
+
+def evaluate(trainer: Trainer, params, split: str = "validation", max_batches: int = 0) -> dict:
+    """Perplexity per token, per word and per character over the whole split."""
+    config = trainer.config
+    options = PipelineOptions.from_config(config, split)
+    dataset = make_dataset(corpora.load_examples(config, split).dataset, trainer.tokenizer, options)
+    per_process = options.batch_size // jax.process_count()
+    nll_sum, tokens = 0.0, 0.0
+    with sharding.activate(trainer.mesh):
+        for index, batch in enumerate(dataset):
+            if max_batches and index >= max_batches:
+                break
+            batch = _pad_rows(batch, per_process)  # the last batch keeps the compiled shape
+            sums = trainer.eval_step(params, sharding.global_batch(batch, trainer.mesh))
+            nll_sum += float(sums["nll_sum"])
+            tokens += float(sums["tokens"])
+    result = {"nll": nll_sum / max(tokens, 1.0), "tokens": tokens,
+              "perplexity": math.exp(min(nll_sum / max(tokens, 1.0), 50.0))}
+    if not max_batches:  # per-word / per-char need the whole split
+        units = text_units(config, split)
+        for unit in ("words", "chars"):
+            result[f"perplexity_per_{unit[:-1]}"] = math.exp(min(nll_sum / units[unit], 50.0))
+        result.update(units)
+    return result
+
+
+def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    missing = rows - batch["inputs"].shape[0]
+    if missing <= 0:
+        return batch
+    return {k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class _StopFlag:
+    """Set by SIGTERM; checked once per step, so the handler itself does no work."""
+
+    def __init__(self):
+        self.raised = False
+
+    def __call__(self, signum, frame):
+        self.raised = True
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
+    """Trains to `config.train.steps`, resuming from the workdir's latest checkpoint."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = corpora.prepare(config)
+    trainer = build_trainer(config, tokenizer)
+    train_cfg = config.train
+    is_main = jax.process_index() == 0
+
+    options = PipelineOptions.from_config(config, "train")
+    iterator = iter(make_dataset(corpora.load_examples(config, "train").dataset, tokenizer, options))
+    manager = checkpoint.make_manager(workdir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
+    if manager.latest_step() is not None:
+        state, start = checkpoint.restore(manager, trainer.abstract_state, iterator)
+        if is_main:
+            print(f"resuming {workdir} from step {start}")
+    else:
+        state, start = trainer.init_fn(jax.random.key(config.seed)), 0
+
+    stop = _StopFlag()
+    previous_handler = signal.signal(signal.SIGTERM, stop)
+    log = MetricsLog(workdir, enabled=is_main)
+    dropout_key = jax.random.key(config.seed + 1)
+    peak = peak_flops_per_device(train_cfg.peak_tflops)
+    model_cfg = config.model
+    flops_token = flops_per_token(
+        trainer.num_params,
+        model_cfg.num_layers if model_cfg.name == "transformer" else 0,
+        model_cfg.emb_dim,
+        config.data.seq_len,
+    )
+    bar = tqdm(total=train_cfg.steps, initial=start, disable=not (progress and is_main),
+               desc="train", unit="step", dynamic_ncols=True)
+    pending: list[tuple[int, dict]] = []
+    last_time = time.perf_counter()
+    compile_start = time.perf_counter()
+    compile_seconds = None
+    summary: dict = {"start_step": start}
+    step = start
+
+    def flush_metrics() -> dict | None:
+        """One host sync: fetch the buffered step metrics, check them, log their mean."""
+        nonlocal last_time
+        if not pending:
+            return None
+        fetched = jax.device_get([m for _, m in pending])
+        for (at_step, _), metrics in zip(pending, fetched, strict=True):
+            if not np.isfinite(metrics["loss"]):
+                raise LmfuseError(
+                    f"loss became {metrics['loss']} at step {at_step + 1}; training stopped and the "
+                    f"last good checkpoint (step {manager.latest_step()}) is kept. Lower "
+                    "optimizer.learning_rate or set optimizer.clip_norm"
+                )
+        now = time.perf_counter()
+        tokens = sum(float(m["tokens"]) for m in fetched)
+        record = {
+            "loss": float(np.mean([m["loss"] for m in fetched])),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+            "lr": float(trainer.schedule(pending[-1][0])),
+            "tokens_per_sec": tokens / max(now - last_time, 1e-9),
+        }
+        record["perplexity"] = math.exp(min(record["loss"], 50.0))
+        record["mfu"] = (
+            record["tokens_per_sec"] * flops_token / (peak * jax.device_count()) if peak else None
+        )
+        last_time = now
+        log.write(pending[-1][0] + 1, record)
+        pending.clear()
+        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
+        return record
+
+    try:
+        with sharding.activate(trainer.mesh):
+            while step < train_cfg.steps:
+                if stop.raised:
+                    break
+                batch = sharding.global_batch(next(iterator), trainer.mesh)
+                state, metrics = trainer.train_step(state, batch, dropout_key)
+                pending.append((step, metrics))
+                step += 1
+                bar.update(1)
+                if compile_seconds is None:
+                    jax.block_until_ready(metrics)
+                    compile_seconds = time.perf_counter() - compile_start
+                    last_time = time.perf_counter()
+                at_log = step % train_cfg.log_every == 0
+                at_eval = train_cfg.eval_every and step % train_cfg.eval_every == 0
+                at_ckpt = step % train_cfg.checkpoint_every == 0
+                if at_log or at_eval or at_ckpt or step == train_cfg.steps:
+                    summary["train"] = flush_metrics() or summary.get("train")
+                if at_eval:
+                    result = evaluate(trainer, state.params, "validation", train_cfg.eval_batches)
+                    log.write(step, result, prefix="validation")
+                    summary["validation"] = result
+                if at_ckpt:
+                    checkpoint.save(manager, step, state, iterator, config, tokenizer_ref(tokenizer))
+            summary["train"] = flush_metrics() or summary.get("train")
+            # A final (or SIGTERM) checkpoint, off the every-K grid if need be.
+            if manager.latest_step() != step:
+                checkpoint.save(manager, step, state, iterator, config, tokenizer_ref(tokenizer),
+                                force=True)
+            manager.wait_until_finished()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        bar.close()
+        log.close()
+        manager.close()
+
+    summary.update(step=step, compile_seconds=compile_seconds, num_params=trainer.num_params,
+                   stopped_by_sigterm=stop.raised)
+    if is_main:
+        _print_summary(summary, workdir)
+    return summary
+
+
+def _print_summary(summary: dict, workdir: Path) -> None:
+    if summary["stopped_by_sigterm"]:
+        print(f"SIGTERM: saved a checkpoint at step {summary['step']} in {workdir}; "
+              "run the same command to resume")
+        return
+    train = summary.get("train") or {}
+    line = f"done: step {summary['step']}, {summary['num_params']:,} params"
+    if train:
+        line += f", train loss {train['loss']:.4f}, {train['tokens_per_sec']:.0f} tokens/s"
+    if summary.get("validation"):
+        line += f", validation ppl {summary['validation']['perplexity']:.2f}"
+    if summary.get("compile_seconds") is not None:
+        line += f", first step (compile) {summary['compile_seconds']:.1f}s"
+    print(line)

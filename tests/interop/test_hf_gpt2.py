@@ -1,0 +1,99 @@
+"""Hugging Face GPT-2 weights load into lmfuse's transformer and compute the same logits."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmfuse.errors import LmfuseError
+from lmfuse.interop import gpt2_config, load_gpt2
+from lmfuse.models import build_model
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TEXT = (
+    b"In the beginning God created the heaven and the earth. And the earth was without form, "
+    b"and void; and darkness was upon the face of the deep."
+)
+VOCAB = 997
+LENGTH = 64
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    """A randomly initialised GPT-2 with odd sizes; every weight (LayerNorms and biases
+    included) is perturbed so that a mix-up of any tensor shows in the logits."""
+    config = transformers.GPT2Config(
+        n_layer=3, n_embd=72, n_head=6, vocab_size=VOCAB, n_positions=LENGTH, bos_token_id=1, eos_token_id=2
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.15)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ids():
+    """Token ids from real English text (bytes mod vocab); row 2 is the text reversed."""
+    data = np.frombuffer(TEXT, np.uint8).astype(np.int64) % VOCAB
+    return np.stack([data[:LENGTH], data[::-1][:LENGTH]])
+
+
+@pytest.fixture(scope="module")
+def hf_logits(hf_model, ids):
+    with torch.no_grad():
+        return hf_model(torch.tensor(ids)).logits.numpy()
+
+
+def lmfuse_logits(model_cfg, params, ids):
+    model = build_model(model_cfg, vocab_size=params["wte"]["embedding"].shape[0])
+    return np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids, jnp.int32)))
+
+
+def test_config_describes_gpt2(hf_model):
+    c = gpt2_config(hf_model.config)
+    assert (c.name, c.norm, c.positions, c.activation) == ("transformer", "pre", "learned", "gelu_new")
+    assert (c.emb_dim, c.num_layers, c.num_heads, c.mlp_dim, c.max_len) == (72, 3, 6, 288, LENGTH)
+    assert c.tie_embeddings and c.use_bias and c.layer_norm_epsilon == hf_model.config.layer_norm_epsilon
+
+
+def test_state_dict_logits_match_hf(hf_model, ids, hf_logits):
+    model_cfg, params = load_gpt2(hf_model.state_dict(), hf_config=hf_model.config)
+    ours = lmfuse_logits(model_cfg, params, ids)
+    assert np.abs(hf_logits).max() > 1.0  # the comparison is not between near-zero numbers
+    assert np.abs(ours - hf_logits).max() <= 1e-4
+
+
+def test_safetensors_and_bin_files_load(hf_model, ids, hf_logits, tmp_path):
+    pytest.importorskip("safetensors")
+    hf_model.save_pretrained(tmp_path / "st", safe_serialization=True)
+    for source in (tmp_path / "st", tmp_path / "st" / "model.safetensors"):
+        model_cfg, params = load_gpt2(source)
+        assert np.abs(lmfuse_logits(model_cfg, params, ids) - hf_logits).max() <= 1e-4
+
+    (tmp_path / "bin").mkdir()
+    torch.save(hf_model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    hf_model.config.to_json_file(tmp_path / "bin" / "config.json")
+    model_cfg, params = load_gpt2(tmp_path / "bin" / "pytorch_model.bin")
+    assert np.abs(lmfuse_logits(model_cfg, params, ids) - hf_logits).max() <= 1e-4
+
+
+def test_state_dict_without_config_is_a_clear_error(hf_model):
+    with pytest.raises(LmfuseError, match="hf_config"):
+        load_gpt2(hf_model.state_dict())
+
+
+def test_missing_torch_names_the_install_command(hf_model, tmp_path, monkeypatch):
+    torch.save(hf_model.state_dict(), tmp_path / "model.bin")
+    hf_model.config.to_json_file(tmp_path / "config.json")
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    with pytest.raises(LmfuseError, match=r"pip install 'lmfuse\[interop\]'"):
+        load_gpt2(tmp_path / "model.bin")

@@ -1,0 +1,113 @@
+"""Exact resume after SIGKILL and SIGTERM, NaN stops, and mismatched checkpoints."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli, tiny_lm_overrides
+
+CONFIG = "configs/lm_transformer.py:tiny"
+
+
+def digest(workdir: Path) -> str:
+    result = run_cli(["inspect", "--workdir", str(workdir)])
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"params sha256: ([0-9a-f]{64})", result.stdout)
+    assert match, result.stdout
+    step = re.search(r"step (\d+)", result.stdout).group(1)
+    return f"{step}:{match.group(1)}"
+
+
+def train(workdir: Path, corpus, **extra) -> subprocess.CompletedProcess:
+    args = ["train", "--config", CONFIG, "--workdir", str(workdir), "--no_progress"]
+    return run_cli(args + tiny_lm_overrides(corpus, **extra))
+
+
+def start_training(workdir: Path, corpus, **extra) -> subprocess.Popen:
+    args = ["train", "--config", CONFIG, "--workdir", str(workdir), "--no_progress"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmfuse.cli", *args, *tiny_lm_overrides(corpus, **extra)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early: {process.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("timed out waiting for training")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def straight_digest(text_corpus, tmp_path_factory) -> str:
+    workdir = tmp_path_factory.mktemp("straight")
+    result = train(workdir, text_corpus, **{"train.steps": 40})
+    assert result.returncode == 0, result.stderr
+    return digest(workdir)
+
+
+def test_sigkill_then_resume_matches_a_straight_run(text_corpus, tmp_path, straight_digest):
+    workdir = tmp_path / "killed"
+    # Slow the run down at step 20 is not possible from outside, so save every 20 and kill as
+    # soon as step 20 is committed: whatever ran past it is lost, as in a real crash.
+    process = start_training(workdir, text_corpus, **{"train.steps": 40})
+    committed = workdir / "checkpoints" / "20"
+    wait_for(lambda: (committed / "_CHECKPOINT_METADATA").exists(), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    resumed = train(workdir, text_corpus, **{"train.steps": 40})
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert digest(workdir) == straight_digest
+
+
+def test_sigterm_saves_the_current_step_and_resume_matches(text_corpus, tmp_path, straight_digest):
+    workdir = tmp_path / "terminated"
+    process = start_training(workdir, text_corpus, **{"train.steps": 40})
+    metrics = workdir / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    saved = re.search(r"SIGTERM: saved a checkpoint at step (\d+)", out)
+    assert saved, out
+    assert (workdir / "checkpoints" / saved.group(1)).is_dir()
+    resumed = train(workdir, text_corpus, **{"train.steps": 40})
+    assert resumed.returncode == 0, resumed.stderr
+    assert digest(workdir) == straight_digest
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(text_corpus, tmp_path):
+    workdir = tmp_path / "nan"
+    result = train(workdir, text_corpus, **{
+        "optimizer.learning_rate": 1e12, "optimizer.clip_norm": 0.0, "optimizer.name": "sgd",
+        "optimizer.schedule": "constant", "train.checkpoint_every": 1, "train.log_every": 1,
+    })
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message
+    step = int(re.search(r"at step (\d+)", message).group(1))
+    assert re.search(r"loss became (nan|inf)", message)
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept and max(kept) < step  # nothing saved from the diverged state
+
+
+def test_workdir_of_a_different_shape_is_a_one_line_error(text_corpus, tmp_path):
+    workdir = tmp_path / "shape"
+    assert train(workdir, text_corpus, **{"train.steps": 20}).returncode == 0
+    result = train(workdir, text_corpus, **{"train.steps": 30, "model.mlp_dim": 48})
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message
+    assert "mlp" in message and "48" in message and "64" in message
