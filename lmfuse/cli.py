@@ -113,6 +113,7 @@ def _check_workdir_config(workdir: str, config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_library_logs()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except LmfuseError as e:
@@ -121,6 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmfuse: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_library_logs() -> None:
+    """Orbax and TFDS log routine notices as absl WARNINGs; keep the terminal for lmfuse."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -107,11 +107,14 @@ def _shape_mismatch_message(manager, step, abstract_state, error) -> str:
     """Names the first parameter whose stored shape differs from the model's."""
     try:
         stored = manager.item_metadata(step).state
-        stored_leaves = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+        stored_leaves = {
+            _path_names(path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
+        }
         for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-            have = stored_leaves.get(path)
+            have = stored_leaves.get(_path_names(path))
             if have is not None and tuple(have.shape) != tuple(leaf.shape):
-                name = jax.tree_util.keystr(path)
+                name = "/".join(_path_names(path))
                 return (
                     f"checkpoint step {step} does not fit this model: {name} is stored as "
                     f"{tuple(have.shape)} but the config gives {tuple(leaf.shape)}; "
@@ -124,3 +127,16 @@ def _shape_mismatch_message(manager, step, abstract_state, error) -> str:
         f"checkpoint step {step} does not fit this model ({first_line}); "
         "use a fresh --workdir or the config that made it"
     )
+
+
+def _path_names(path) -> tuple[str, ...]:
+    """Key path as plain names: stored metadata uses dict keys where the state has attributes."""
+    names = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                names.append(str(getattr(key, attr)))
+                break
+        else:
+            names.append(str(key))
+    return tuple(names)

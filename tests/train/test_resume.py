@@ -103,11 +103,26 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(text_
     assert kept and max(kept) < step  # nothing saved from the diverged state
 
 
-def test_workdir_of_a_different_shape_is_a_one_line_error(text_corpus, tmp_path):
-    workdir = tmp_path / "shape"
+@pytest.fixture(scope="module")
+def trained_workdir(text_corpus, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("shape")
     assert train(workdir, text_corpus, **{"train.steps": 20}).returncode == 0
-    result = train(workdir, text_corpus, **{"train.steps": 30, "model.mlp_dim": 48})
+    return workdir
+
+
+def test_a_model_config_change_on_resume_is_a_one_line_error(text_corpus, trained_workdir):
+    result = train(trained_workdir, text_corpus, **{"train.steps": 30, "model.mlp_dim": 48})
     assert result.returncode == 2
     message = result.stderr.strip()
     assert message.count("\n") == 0, message
-    assert "mlp" in message and "48" in message and "64" in message
+    assert "model.mlp_dim=64" in message and "48" in message
+
+
+def test_a_checkpoint_of_different_shape_names_the_parameter(text_corpus, trained_workdir):
+    # Same model config, other vocabulary: the embedding no longer fits.
+    result = train(trained_workdir, text_corpus, **{"train.steps": 30, "tokenizer.vocab_size": 480})
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message
+    assert "does not fit this model" in message and "embed" in message
+    assert "512" in message and "480" in message

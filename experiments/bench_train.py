@@ -1,0 +1,466 @@
+"""Training throughput on CPU: lmfuse (JAX) against the same models written in PyTorch.
+
+    python experiments/bench_train.py                 # full run, writes BENCHMARKS.md
+    python experiments/bench_train.py --quick         # smoke run (small K, 2 repeats), prints only
+
+Two models, the same on both sides (parameter counts are asserted equal):
+
+* Transformer LM: emb 256, 4 layers, 4 heads, MLP 1024, learned positions, pre-LN, exact GELU,
+  tied head, vocab 8000, seq 128, batch 16. PyTorch side: `torch.compile` of the model + loss.
+* LSTM LM: emb 256, hidden 512, 2 layers, untied head, vocab 8000, seq 128, batch 32.
+  PyTorch side: `torch.nn.LSTM` (eager, no compile). lmfuse keeps one bias per gate where
+  `nn.LSTM` has two (b_ih + b_hh), so the PyTorch `bias_hh_l*` are zeroed and frozen: trainable
+  parameters and the function computed are then the same.
+
+Both sides train in float32 with AdamW (b1 0.9, b2 0.98, eps 1e-9, weight decay 0.01 on the
+same matrices), global-norm clipping at 1.0 and no dropout, on random token batches. The lmfuse
+side is the project's real training step: `lmfuse.train.loop.build_trainer` (jit with a donated
+state, sharding rules active, packed-row segment ids, warmup-cosine learning rate). Its
+tokenizer is a stand-in object that only carries `vocab_size`, which is all `build_trainer`
+reads from it.
+
+Each (model, framework) runs in its own spawned worker process, so JAX's and PyTorch's thread
+pools never share a process. The workers compile one after the other (the first train step is
+timed as "compile"), then do one untimed warm-up run, then the parent asks them in turn for
+`--repeats` timed runs of `--steps` steps each, alternating lmfuse / PyTorch so that load from
+other processes on the machine hits both sides alike. Reported: the median tokens/s of each
+side, the ratio of the medians, and the median of the per-pair ratios (the most noise-robust
+number). PyTorch uses `torch.set_num_threads(os.cpu_count())`, the count XLA's CPU client uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing as mp
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+VOCAB = 8000
+SEQ = 128
+MODELS = {
+    "transformer": dict(emb_dim=256, num_layers=4, num_heads=4, mlp_dim=1024, batch=16),
+    "lstm": dict(emb_dim=256, hidden_dim=512, num_layers=2, batch=32),
+}
+OPTIM = dict(lr=1e-3, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.01, clip=1.0)
+NUM_BATCHES = 4  # distinct random batches, cycled through
+SECTION = "## Training throughput (CPU)"
+BEGIN, END = "<!-- bench_train:begin -->", "<!-- bench_train:end -->"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def random_batches(batch: int, seed: int = 0) -> list[dict]:
+    """Random packed-LM batches (numpy int32, [B, T]); one document per row, no padding."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(NUM_BATCHES):
+        tokens = rng.integers(1, VOCAB, (batch, SEQ + 1), dtype=np.int32)
+        ones = np.ones((batch, SEQ), np.int32)
+        positions = np.broadcast_to(np.arange(SEQ, dtype=np.int32), (batch, SEQ)).copy()
+        out.append({
+            "inputs": tokens[:, :-1].copy(),
+            "targets": tokens[:, 1:].copy(),
+            "inputs_segment_ids": ones,
+            "targets_segment_ids": ones.copy(),
+            "inputs_positions": positions,
+            "targets_positions": positions.copy(),
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# lmfuse (JAX)
+
+
+class _VocabOnly:
+    """Stand-in tokenizer: `build_trainer` only reads `vocab_size`."""
+
+    vocab_size = VOCAB
+
+
+def lmfuse_config(model: str, batch: int, overrides: list[str]):
+    from lmfuse.config import apply_override
+    from lmfuse.defaults import base_config
+
+    m = MODELS[model]
+    config = base_config()
+    config.data.seq_len = SEQ
+    config.data.max_length = SEQ
+    config.model.name = model
+    config.model.emb_dim = m["emb_dim"]
+    config.model.num_layers = m["num_layers"]
+    config.model.dropout = 0.0
+    config.model.dtype = "float32"
+    config.model.max_len = SEQ
+    if model == "transformer":
+        config.model.num_heads = m["num_heads"]
+        config.model.mlp_dim = m["mlp_dim"]
+        config.model.positions = "learned"
+        config.model.norm = "pre"
+        config.model.activation = "gelu"
+        config.model.tie_embeddings = True
+    else:
+        config.model.hidden_dim = m["hidden_dim"]
+        config.model.tie_embeddings = False
+    o = config.optimizer
+    o.name, o.learning_rate, o.b1, o.b2, o.eps = "adamw", OPTIM["lr"], OPTIM["b1"], OPTIM["b2"], OPTIM["eps"]
+    o.weight_decay, o.clip_norm, o.warmup_steps = OPTIM["weight_decay"], OPTIM["clip"], 10
+    config.train.batch_size = batch
+    config.train.steps = 100_000
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+class JaxRunner:
+    def __init__(self, model: str, batch: int, overrides: list[str]):
+        import jax
+
+        from lmfuse.train import sharding
+        from lmfuse.train.loop import build_trainer
+
+        self.jax, self.sharding = jax, sharding
+        config = lmfuse_config(model, batch, overrides)
+        self.trainer = build_trainer(config, _VocabOnly())
+        self.batches = random_batches(batch)
+        self.tokens_per_step = batch * SEQ
+        self.num_params = self.trainer.num_params
+        self.key = jax.random.key(1)
+        self.index = 0
+        with sharding.activate(self.trainer.mesh):
+            self.state = jax.block_until_ready(self.trainer.init_fn(jax.random.key(0)))
+        self.versions = {"jax": jax.__version__, "jaxlib_backend": jax.default_backend()}
+        self.threads = os.cpu_count()
+
+    def steps(self, k: int) -> float:
+        jax, trainer = self.jax, self.trainer
+        metrics = None
+        with self.sharding.activate(trainer.mesh):
+            for _ in range(k):
+                batch = self.sharding.global_batch(self.batches[self.index % NUM_BATCHES], trainer.mesh)
+                self.index += 1
+                self.state, metrics = trainer.train_step(self.state, batch, self.key)
+            jax.block_until_ready((self.state, metrics))
+        return float(metrics["loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def torch_models():
+    """The PyTorch modules, defined lazily so the parent process never imports torch."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, emb: int, heads: int, mlp: int):
+            super().__init__()
+            self.heads = heads
+            self.ln_1 = nn.LayerNorm(emb, eps=1e-5)
+            self.qkv = nn.Linear(emb, 3 * emb)  # = lmfuse's query/key/value kernels + biases
+            self.out = nn.Linear(emb, emb)
+            self.ln_2 = nn.LayerNorm(emb, eps=1e-5)
+            self.fc = nn.Linear(emb, mlp)
+            self.proj = nn.Linear(mlp, emb)
+
+        def forward(self, x):
+            b, t, e = x.shape
+            q, k, v = self.qkv(self.ln_1(x)).split(e, dim=-1)
+            q, k, v = (z.view(b, t, self.heads, e // self.heads).transpose(1, 2) for z in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.out(y.transpose(1, 2).reshape(b, t, e))
+            return x + self.proj(F.gelu(self.fc(self.ln_2(x))))
+
+    class TransformerLM(nn.Module):
+        def __init__(self, emb_dim, num_layers, num_heads, mlp_dim, **_):
+            super().__init__()
+            self.wte = nn.Embedding(VOCAB, emb_dim)
+            self.wpe = nn.Parameter(torch.randn(SEQ, emb_dim) * 0.02)
+            self.blocks = nn.ModuleList(Block(emb_dim, num_heads, mlp_dim) for _ in range(num_layers))
+            self.ln_f = nn.LayerNorm(emb_dim, eps=1e-5)
+            nn.init.normal_(self.wte.weight, std=0.02)
+
+        def forward(self, inputs, targets):
+            x = self.wte(inputs) + self.wpe[: inputs.shape[1]]
+            for block in self.blocks:
+                x = block(x)
+            logits = F.linear(self.ln_f(x), self.wte.weight)  # tied head
+            return F.cross_entropy(logits.view(-1, VOCAB), targets.reshape(-1))
+
+    class LstmLM(nn.Module):
+        def __init__(self, emb_dim, hidden_dim, num_layers, **_):
+            super().__init__()
+            self.wte = nn.Embedding(VOCAB, emb_dim)
+            self.lstm = nn.LSTM(emb_dim, hidden_dim, num_layers, batch_first=True)
+            self.lm_head = nn.Linear(hidden_dim, VOCAB, bias=False)
+            for name, p in self.lstm.named_parameters():
+                if name.startswith("bias_hh"):  # lmfuse has one bias per gate: freeze the second
+                    nn.init.zeros_(p)
+                    p.requires_grad_(False)
+
+        def forward(self, inputs, targets):
+            hidden, _ = self.lstm(self.wte(inputs))
+            logits = self.lm_head(hidden)
+            return F.cross_entropy(logits.view(-1, VOCAB), targets.reshape(-1))
+
+    return {"transformer": TransformerLM, "lstm": LstmLM}
+
+
+class TorchRunner:
+    def __init__(self, model: str, batch: int, compile_mode: str | None):
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        torch.manual_seed(0)
+        self.torch = torch
+        module = torch_models()[model](**MODELS[model])
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.num_params = sum(p.numel() for p in params)
+        # Weight decay on the same tensors as lmfuse's decay_mask: matrices except embeddings.
+        decay = [p for n, p in module.named_parameters()
+                 if p.requires_grad and p.ndim >= 2 and not n.startswith("wte")]
+        no_decay = [p for p in params if all(p is not q for q in decay)]
+        groups = [{"params": decay, "weight_decay": OPTIM["weight_decay"]},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW(groups, lr=OPTIM["lr"], betas=(OPTIM["b1"], OPTIM["b2"]),
+                                     eps=OPTIM["eps"], fused=True)
+        self.params = params
+        self.loss_fn = torch.compile(module, mode=compile_mode) if model == "transformer" else module
+        self.batches = [{k: torch.from_numpy(v).long() for k, v in b.items() if k in ("inputs", "targets")}
+                        for b in random_batches(batch)]
+        self.tokens_per_step = batch * SEQ
+        self.index = 0
+        self.versions = {"torch": torch.__version__}
+        self.threads = torch.get_num_threads()
+
+    def steps(self, k: int) -> float:
+        torch = self.torch
+        loss = None
+        for _ in range(k):
+            batch = self.batches[self.index % NUM_BATCHES]
+            self.index += 1
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(batch["inputs"], batch["targets"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, OPTIM["clip"])
+            self.opt.step()
+        return float(loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers and the parent
+
+
+def worker(conn, framework: str, model: str, options: dict) -> None:
+    """Builds one runner, times its first step as compile, then serves ('run', k) requests."""
+    try:
+        batch = MODELS[model]["batch"]
+        if framework == "lmfuse":
+            runner = JaxRunner(model, batch, options["overrides"])
+        else:
+            if not options["torch_cache"]:
+                os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
+            runner = TorchRunner(model, batch, options["compile_mode"])
+        start = time.perf_counter()
+        loss = runner.steps(1)
+        compile_s = time.perf_counter() - start
+        conn.send({"num_params": runner.num_params, "compile_s": compile_s, "loss": loss,
+                   "tokens_per_step": runner.tokens_per_step, "versions": runner.versions,
+                   "threads": runner.threads})
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                break
+            start = time.perf_counter()
+            loss = runner.steps(message[1])
+            conn.send({"seconds": time.perf_counter() - start, "loss": loss})
+    except Exception:
+        conn.send({"error": traceback.format_exc()})
+    finally:
+        conn.close()
+
+
+class Worker:
+    def __init__(self, ctx, framework: str, model: str, options: dict):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker, args=(child, framework, model, options), daemon=True)
+        self.process.start()
+        child.close()
+        self.info = self._receive()
+
+    def _receive(self) -> dict:
+        reply = self.conn.recv()
+        if "error" in reply:
+            raise RuntimeError(f"worker failed:\n{reply['error']}")
+        return reply
+
+    def run(self, k: int) -> dict:
+        self.conn.send(("run", k))
+        return self._receive()
+
+    def stop(self) -> None:
+        self.conn.send(("stop",))
+        self.process.join(timeout=60)
+
+
+def bench_model(ctx, model: str, args, options: dict) -> dict:
+    workers = {}
+    try:
+        for framework in ("lmfuse", "pytorch"):  # one compile at a time
+            workers[framework] = Worker(ctx, framework, model, options)
+        counts = {f: w.info["num_params"] for f, w in workers.items()}
+        if counts["lmfuse"] != counts["pytorch"]:
+            raise AssertionError(f"{model}: parameter counts differ: {counts}")
+        for w in workers.values():  # warm-up, untimed
+            w.run(args.steps)
+        tps = {f: [] for f in workers}
+        losses = {}
+        for repeat in range(args.repeats):
+            order = list(workers) if repeat % 2 == 0 else list(workers)[::-1]
+            for framework in order:
+                reply = workers[framework].run(args.steps)
+                tokens = workers[framework].info["tokens_per_step"] * args.steps
+                tps[framework].append(tokens / reply["seconds"])
+                losses[framework] = reply["loss"]
+            print(f"  {model} repeat {repeat + 1}/{args.repeats}: "
+                  + ", ".join(f"{f} {tps[f][-1]:,.0f} tok/s" for f in workers), flush=True)
+    finally:
+        for w in workers.values():
+            w.stop()
+    pair_ratios = [a / b for a, b in zip(tps["lmfuse"], tps["pytorch"], strict=True)]
+    return {
+        "model": model,
+        "params": counts["lmfuse"],
+        "tps": tps,
+        "median": {f: statistics.median(v) for f, v in tps.items()},
+        "compile_s": {f: w.info["compile_s"] for f, w in workers.items()},
+        "losses": losses,
+        "pair_ratio": statistics.median(pair_ratios),
+        "pair_ratios": pair_ratios,
+        "versions": {k: v for w in workers.values() for k, v in w.info["versions"].items()},
+        "threads": {f: w.info["threads"] for f, w in workers.items()},
+    }
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else "unknown CPU"
+
+
+def markdown(results: list[dict], args, command: str) -> str:
+    versions = {k: v for r in results for k, v in r["versions"].items()}
+    torch_label = {"transformer": "torch.compile", "lstm": "torch.nn.LSTM"}
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {cpu_model()}, {os.cpu_count()} cores "
+        f"(JAX {versions.get('jax', '?')}, PyTorch {versions.get('torch', '?')}, "
+        f"Python {platform.python_version()}); fp32, {args.repeats} timed runs of {args.steps} "
+        f"steps per side, alternating, after one warm-up run; PyTorch threads = "
+        f"{results[0]['threads']['pytorch']}.",
+        "",
+        f"    {command}",
+        "",
+        "| model | params | batch x seq | lmfuse tok/s | PyTorch tok/s | PyTorch side "
+        "| ratio of medians | median pair ratio | compile lmfuse / PyTorch (s) |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in results:
+        m = r["median"]
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {MODELS[r['model']]['batch']} x {SEQ} "
+            f"| {m['lmfuse']:,.0f} | {m['pytorch']:,.0f} | {torch_label[r['model']]} "
+            f"| {m['lmfuse'] / m['pytorch']:.2f}x | {r['pair_ratio']:.2f}x "
+            f"| {r['compile_s']['lmfuse']:.1f} / {r['compile_s']['pytorch']:.1f} |"
+        )
+    lines.append("")
+    lines.append("Per-run tokens/s (lmfuse; PyTorch):")
+    lines.append("")
+    for r in results:
+        lm = ", ".join(f"{x:,.0f}" for x in r["tps"]["lmfuse"])
+        pt = ", ".join(f"{x:,.0f}" for x in r["tps"]["pytorch"])
+        lines.append(f"- {r['model']}: {lm}; {pt}")
+    return "\n".join(lines)
+
+
+def write_benchmarks(path: Path, block: str) -> None:
+    """Replaces the generated block inside the section (creating either as needed)."""
+    generated = f"{BEGIN}\n{block}\n{END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + generated + rest.split(END, 1)[1]
+    elif SECTION in text:
+        text = text.replace(SECTION, f"{SECTION}\n\n{generated}", 1)
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{generated}\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: --steps 2 --repeats 2, no write")
+    parser.add_argument("--steps", type=int, default=None, help="train steps per timed run (default 10)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 7)")
+    parser.add_argument("--models", default="transformer,lstm", help="comma list of transformer,lstm")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="lmfuse config override, e.g. model.hoist_input_projection=False")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: default)")
+    parser.add_argument("--torch-cache", action="store_true",
+                        help="let torch.compile reuse its on-disk caches (default: cold compile)")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
+                        help="write the table into BENCHMARKS.md (default: yes unless --quick)")
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parents[1] / "BENCHMARKS.md"),
+                        help="markdown file to update (default: BENCHMARKS.md at the repo root)")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (2 if args.quick else 10)
+    args.repeats = args.repeats or (2 if args.quick else 7)
+    write = (not args.quick) if args.write is None else args.write
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            parser.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+
+    options = {"overrides": args.override, "compile_mode": args.compile_mode,
+               "torch_cache": args.torch_cache}
+    command = "python " + " ".join(shlex.quote(a) for a in
+                                   ["experiments/bench_train.py", *(sys.argv[1:] if argv is None else argv)])
+    ctx = mp.get_context("spawn")
+    results = []
+    for model in models:
+        print(f"{model}: compiling lmfuse, then PyTorch ...", flush=True)
+        results.append(bench_model(ctx, model, args, options))
+
+    print()
+    print(f"{'model':<12}{'params':>12}{'lmfuse tok/s':>15}{'PyTorch tok/s':>15}"
+          f"{'ratio':>8}{'pair':>8}{'compile s (lmfuse/PyTorch)':>30}")
+    for r in results:
+        m = r["median"]
+        print(f"{r['model']:<12}{r['params']:>12,}{m['lmfuse']:>15,.0f}{m['pytorch']:>15,.0f}"
+              f"{m['lmfuse'] / m['pytorch']:>7.2f}x{r['pair_ratio']:>7.2f}x"
+              f"{r['compile_s']['lmfuse']:>18.1f} / {r['compile_s']['pytorch']:.1f}")
+        print(f"{'':<12}last loss lmfuse {r['losses']['lmfuse']:.3f}, PyTorch {r['losses']['pytorch']:.3f}")
+    print(f"command: {command}")
+    if write:
+        write_benchmarks(Path(args.output), markdown(results, args, command))
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
