@@ -15,12 +15,19 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[demo,test]'
 	touch $(STAMP)
 
+DEMO_LM := workdirs/demo_lm_transformer
+
+# Prepare the Bible data and tokenizer, train a tiny Transformer LM, evaluate and inspect it.
+# A rerun reuses the prepared data and the finished checkpoint.
 demo: $(STAMP)
-	$(BIN)/lmfuse data prepare --config configs/data_bible.py
-	$(BIN)/lmfuse data show --config configs/data_bible.py --n 3
+	$(BIN)/lmfuse data prepare --config configs/lm_transformer.py:tiny
+	$(BIN)/lmfuse data show --config configs/lm_transformer.py:tiny --n 2
+	$(BIN)/lmfuse train --config configs/lm_transformer.py:tiny --workdir $(DEMO_LM)
+	$(BIN)/lmfuse eval --workdir $(DEMO_LM) --split validation
+	$(BIN)/lmfuse inspect --workdir $(DEMO_LM) | head -12
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
