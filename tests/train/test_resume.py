@@ -126,3 +126,21 @@ def test_a_checkpoint_of_different_shape_names_the_parameter(text_corpus, traine
     assert message.count("\n") == 0, message
     assert "does not fit this model" in message and "embed" in message
     assert "512" in message and "480" in message
+
+
+def test_eval_writes_json_with_all_perplexities(text_corpus, trained_workdir):
+    import json
+
+    result = run_cli(["eval", "--workdir", str(trained_workdir), "--split", "test"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads((trained_workdir / "eval_test.json").read_text())
+    assert report["step"] == 20
+    assert report["perplexity_per_word"] > report["perplexity"] > report["perplexity_per_char"] > 1
+    assert f"{report['perplexity']:.3f}" in result.stdout
+
+
+def test_eval_on_a_missing_workdir_is_a_one_line_error(tmp_path):
+    result = run_cli(["eval", "--workdir", str(tmp_path / "nowhere")])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no checkpoints" in result.stderr
