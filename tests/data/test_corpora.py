@@ -123,3 +123,15 @@ def test_bad_corpus_settings_are_one_line_errors(data_dir, override, fragment):
 def test_unprepared_data_dir_says_how_to_prepare(tmp_path):
     with pytest.raises(LmfuseError, match="lmfuse data prepare"):
         corpora.load_examples(config(tmp_path), "train")
+
+
+def test_data_show_counts_over_long_examples(data_dir):
+    from lmfuse.data import report
+
+    cfg = config(data_dir, **{"data.max_length": 24})
+    tokenizer = corpora.load_tokenizer(cfg)
+    stats, rows = report.split_stats(cfg, "validation", tokenizer)
+    lengths = [len(tokenizer.encode(row["text"])) + 1 for row in rows]
+    assert stats.overlong == sum(n > 24 for n in lengths) > 100
+    assert stats.tokens == sum(lengths)
+    assert stats.examples + stats.skipped_empty == 1_642
