@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import jax
-from tensorboardX import SummaryWriter
 
 # Peak dense bf16 FLOP/s per device, for the MFU estimate. CPUs have no meaningful single
 # figure, so MFU is left out there unless train.peak_tflops is set.
@@ -37,6 +36,9 @@ class MetricsLog:
         self.enabled = enabled
         if not enabled:  # non-zero processes stay quiet
             return
+        # Imported here: tensorboardX pulls in torch when present, seconds of import time.
+        from tensorboardX import SummaryWriter
+
         workdir = Path(workdir)
         self._writer = SummaryWriter(str(workdir / "tensorboard"))
         self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115

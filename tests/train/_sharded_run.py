@@ -4,12 +4,16 @@ Used by `test_sharding.py` (the leading underscore keeps pytest from collecting 
 count must be fixed before jax is imported, hence a script rather than an in-process helper:
 
     python tests/train/_sharded_run.py --out run.json --devices 8 -- --config.mesh.data=2 ...
-    python tests/train/_sharded_run.py --out p0.json --devices 1 \
+    python tests/train/_sharded_run.py --out p0.json --devices 2 \
         --coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0 -- ...
     python tests/train/_sharded_run.py --out ref.json --devices 1 --simulate-shards 2 -- ...
 
-The JSON holds `losses` (one float per step, fetched once at the end), the mesh, the process
-and device counts, and with `--specs` every parameter's and Adam `mu` leaf's PartitionSpec.
+It builds config, tokenizer and trainer as `lmfuse.train.loop` does, initialises the state and
+runs the steps on pipeline batches inside `sharding.activate(mesh)`. The JSON holds `losses`
+and `tokens` (per step, fetched once at the end), the process/device counts and mesh, the first
+batch this process fed, phase `timings` (seconds since start) and, with `--specs`, every
+param's and Adam `mu`/`nu` leaf's PartitionSpec, each param's per-device shard shape and the
+fraction of it this process holds.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -57,6 +62,9 @@ def main(argv: list[str]) -> None:
         os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
     ).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # tensorboardX (the metrics writer, unused here) imports torch if it can: ~3 s per
+    # interpreter for nothing. It treats torch as optional, so keep it out.
+    sys.modules.setdefault("torch", None)
 
     import jax
 
@@ -90,7 +98,8 @@ def main(argv: list[str]) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("tokenizer ready")
-    tokenizer = tokenizer or corpora.load_tokenizer(config)
+    if tokenizer is None:
+        tokenizer = corpora.load_tokenizer(config)
     trainer = build_trainer(config, tokenizer)
     examples = corpora.load_examples(config, "train").dataset
 
@@ -140,6 +149,7 @@ def main(argv: list[str]) -> None:
         "process_count": jax.process_count(),
         "device_count": jax.device_count(),
         "local_device_count": jax.local_device_count(),
+        "cpu_collectives": jax.config.jax_cpu_collectives_implementation,
         "mesh": dict(trainer.mesh.shape),
         "batch_spec": list(sharding.batch_sharding(trainer.mesh).spec),
         "first_local_inputs": np.asarray(first_inputs).tolist(),
@@ -157,14 +167,24 @@ def main(argv: list[str]) -> None:
         result["param_specs"] = specs(state.params)
         result["mu_specs"] = specs(adam[0].mu)
         result["nu_specs"] = specs(adam[0].nu)
+        flat = {"/".join(path): leaf for path, leaf in flatten_dict(state.params).items()}
         result["param_shard_shapes"] = {
-            "/".join(path): list(leaf.addressable_shards[0].data.shape)
-            for path, leaf in flatten_dict(state.params).items()
+            name: list(leaf.addressable_shards[0].data.shape) for name, leaf in flat.items()
         }
+        # The fraction of each param's elements held by this process's devices: below 1
+        # where the rest lives only in other processes.
+        result["param_local_fraction"] = {name: _local_fraction(leaf) for name, leaf in flat.items()}
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f)
     if args.coordinator:
         jax.distributed.shutdown()
+
+
+def _local_fraction(array) -> float:
+    blocks = {tuple(s.indices(n)[:2] for s, n in zip(shard.index, array.shape, strict=True))
+              for shard in array.addressable_shards}
+    held = sum(math.prod(stop - start for start, stop in block) for block in blocks)
+    return held / math.prod(array.shape)
 
 
 def _row_multiset(batch) -> list[tuple]:

@@ -63,20 +63,23 @@ def start(out: Path, script_args: list[str], config_overrides: list[str]) -> sub
 
 
 def finish(processes: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[dict]:
-    """Waits for all runs; on a failure or timeout, kills the rest and shows every log's tail."""
+    """Waits for all runs. If one fails (a peer of a failed process would block in a collective)
+    or time runs out, kills the rest and fails with the tail of every run's log."""
     deadline = time.monotonic() + timeout
     failed = None
     try:
-        for process in processes:
-            remaining = deadline - time.monotonic()
-            try:
-                process.wait(timeout=max(remaining, 0.1))
-            except subprocess.TimeoutExpired:
+        while True:
+            codes = [process.poll() for process in processes]
+            crashed = [p for p, code in zip(processes, codes, strict=True) if code not in (None, 0)]
+            if crashed:
+                failed = f"{crashed[0].out.name} run exited with {crashed[0].returncode}"
+                break
+            if None not in codes:
+                break
+            if time.monotonic() > deadline:
                 failed = f"timed out after {timeout:.0f}s"
                 break
-            if process.returncode != 0:
-                failed = f"{process.out.name} exited with {process.returncode}"
-                break
+            time.sleep(0.2)
     finally:
         for process in processes:
             if process.poll() is None:
@@ -170,7 +173,7 @@ def test_two_processes_match_one_process(corpus, tmp_path):
     workers = [
         start(tmp_path / f"process{index}.json",
               ["--devices", "2", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-               "--process-id", str(index)],
+               "--process-id", str(index), "--specs"],
               base + ["--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"])
         for index in range(2)
     ]
@@ -184,6 +187,15 @@ def test_two_processes_match_one_process(corpus, tmp_path):
     for index, worker in enumerate(workers):
         assert worker["process_index"] == index and worker["process_count"] == 2
         assert worker["local_device_count"] == 2 and worker["device_count"] == 4
+        assert worker["cpu_collectives"] == "gloo"
+        # fsdp spans the processes (process p holds fsdp shard p on its 2 tensor devices), so
+        # a process holds half of each param split over 'fsdp' and all of the others.
+        specs = {name: spec(s) for name, s in worker["param_specs"].items()}
+        assert specs["wte/embedding"] == PartitionSpec("tensor", "fsdp")
+        assert worker["param_shard_shapes"]["wte/embedding"] == [256, 16]
+        for name, value in specs.items():
+            assert worker["param_local_fraction"][name] == (0.5 if "fsdp" in value else 1.0), name
+        assert worker["mu_specs"] == worker["param_specs"]
         # Each process fed only its own half of the first global batch.
         assert worker["first_local_inputs"] == reference["first_local_inputs"][4 * index:4 * index + 4]
     # The loss is a global reduction, so both processes report the same value.
