@@ -31,6 +31,16 @@ def checkpoint_dir(workdir: str | Path) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
+def _handlers() -> dict:
+    # Registered up front so item metadata (stored shapes) is readable before any restore.
+    return {
+        "state": ocp.StandardCheckpointHandler(),
+        "data": grain.checkpoint.CheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler(),
+        "tokenizer": ocp.JsonCheckpointHandler(),
+    }
+
+
 def make_manager(
     workdir: str | Path, keep: int = 3, every: int | None = None, read_only: bool = False
 ) -> ocp.CheckpointManager:
@@ -44,8 +54,7 @@ def make_manager(
     return ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=options,
-        item_names=ITEMS,
-        item_handlers={"data": grain.checkpoint.CheckpointHandler()},
+        item_handlers=_handlers(),
     )
 
 
@@ -73,6 +82,10 @@ def restore(
 ) -> tuple[Any, int]:
     """Restores state (against `abstract_state`) and the iterator in place; returns (state, step)."""
     step = manager.latest_step() if step is None else step
+    # Compare shapes first: a failed Orbax restore leaves async tasks that spew at exit.
+    mismatch = _shape_mismatch(manager, step, abstract_state)
+    if mismatch:
+        raise LmfuseError(mismatch)
     try:
         restored = manager.restore(
             step,
@@ -82,7 +95,11 @@ def restore(
             ),
         )
     except (ValueError, KeyError) as e:
-        raise LmfuseError(_shape_mismatch_message(manager, step, abstract_state, e)) from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LmfuseError(
+            f"checkpoint step {step} does not fit this model ({first_line}); "
+            "use a fresh --workdir or the config that made it"
+        ) from None
     return restored.state, step
 
 
@@ -93,7 +110,7 @@ def read_json_item(workdir: str | Path, item: str, step: int | None = None) -> d
         raise LmfuseError(f"no checkpoints in workdir {workdir}; train first with lmfuse train")
     manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_names=ITEMS, item_handlers={"data": grain.checkpoint.CheckpointHandler()},
+        item_handlers=_handlers(),
     )
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -103,30 +120,22 @@ def read_json_item(workdir: str | Path, item: str, step: int | None = None) -> d
     return restored[item]
 
 
-def _shape_mismatch_message(manager, step, abstract_state, error) -> str:
-    """Names the first parameter whose stored shape differs from the model's."""
-    try:
-        stored = manager.item_metadata(step).state
-        stored_leaves = {
-            _path_names(path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
-        }
-        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-            have = stored_leaves.get(_path_names(path))
-            if have is not None and tuple(have.shape) != tuple(leaf.shape):
-                name = "/".join(_path_names(path))
-                return (
-                    f"checkpoint step {step} does not fit this model: {name} is stored as "
-                    f"{tuple(have.shape)} but the config gives {tuple(leaf.shape)}; "
-                    "use a fresh --workdir or the config that made it"
-                )
-    except Exception:  # fall back to the general message below
-        pass
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (
-        f"checkpoint step {step} does not fit this model ({first_line}); "
-        "use a fresh --workdir or the config that made it"
-    )
+def _shape_mismatch(manager, step, abstract_state) -> str | None:
+    """Names the first parameter whose stored shape differs from the model's, if any."""
+    stored = manager.item_metadata(step).state
+    stored_leaves = {
+        _path_names(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
+    }
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+        have = stored_leaves.get(_path_names(path))
+        shape = getattr(have, "shape", None)
+        if shape is not None and tuple(shape) != tuple(leaf.shape):
+            return (
+                f"checkpoint step {step} does not fit this model: {'/'.join(_path_names(path))} "
+                f"is stored as {tuple(shape)} but the config gives {tuple(leaf.shape)}; "
+                "use a fresh --workdir or the config that made it"
+            )
+    return None
 
 
 def _path_names(path) -> tuple[str, ...]:
