@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import subprocess
@@ -144,3 +145,15 @@ def test_eval_on_a_missing_workdir_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "no checkpoints" in result.stderr
+
+
+def test_training_writes_metrics_jsonl_and_tensorboard_events(trained_workdir):
+    import json
+
+    records = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [5, 10, 15, 20]
+    for key in ("loss", "perplexity", "lr", "grad_norm", "tokens_per_sec", "mfu"):
+        assert key in train_records[-1]
+    assert train_records[-1]["perplexity"] == pytest.approx(math.exp(train_records[-1]["loss"]))
+    assert list((trained_workdir / "tensorboard").glob("events.out.tfevents.*"))
