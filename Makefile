@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/lmfuse data show --config configs/lm_transformer.py:tiny --n 2
 	$(BIN)/lmfuse train --config configs/lm_transformer.py:tiny --workdir $(DEMO_LM)
 	$(BIN)/lmfuse eval --workdir $(DEMO_LM) --split validation
-	$(BIN)/lmfuse inspect --workdir $(DEMO_LM) | head -12
+	$(BIN)/lmfuse inspect --workdir $(DEMO_LM)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q --durations=15
