@@ -41,6 +41,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 VOCAB = 8000
@@ -142,7 +143,7 @@ class JaxRunner:
         with sharding.activate(self.trainer.mesh):
             self.state = jax.block_until_ready(self.trainer.init_fn(jax.random.key(0)))
         self.versions = {"jax": jax.__version__, "jaxlib_backend": jax.default_backend()}
-        self.threads = os.cpu_count()
+        self.threads = len(os.sched_getaffinity(0))  # XLA:CPU sizes its thread pool by this
 
     def steps(self, k: int) -> float:
         jax, trainer = self.jax, self.trainer
@@ -224,7 +225,7 @@ class TorchRunner:
     def __init__(self, model: str, batch: int, compile_mode: str | None):
         import torch
 
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # = os.cpu_count() unless --threads
         torch.manual_seed(0)
         self.torch = torch
         module = torch_models()[model](**MODELS[model])
@@ -258,7 +259,7 @@ class TorchRunner:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, OPTIM["clip"])
             self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,12 +269,15 @@ class TorchRunner:
 def worker(conn, framework: str, model: str, options: dict) -> None:
     """Builds one runner, times its first step as compile, then serves ('run', k) requests."""
     try:
+        if options["threads"]:
+            os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: options["threads"]]))
         batch = MODELS[model]["batch"]
         if framework == "lmfuse":
             runner = JaxRunner(model, batch, options["overrides"])
         else:
             if not options["torch_cache"]:
                 os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
+            warnings.filterwarnings("ignore", message=".*dynamo_pgo force disabled.*")
             runner = TorchRunner(model, batch, options["compile_mode"])
         start = time.perf_counter()
         loss = runner.steps(1)
@@ -421,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="transformer,lstm", help="comma list of transformer,lstm")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="lmfuse config override, e.g. model.hoist_input_projection=False")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="pin both sides to the first N CPUs (default: all, os.cpu_count())")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: default)")
     parser.add_argument("--torch-cache", action="store_true",
                         help="let torch.compile reuse its on-disk caches (default: cold compile)")
@@ -438,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
 
     options = {"overrides": args.override, "compile_mode": args.compile_mode,
-               "torch_cache": args.torch_cache}
+               "torch_cache": args.torch_cache, "threads": args.threads}
     command = "python " + " ".join(shlex.quote(a) for a in
                                    ["experiments/bench_train.py", *(sys.argv[1:] if argv is None else argv)])
     ctx = mp.get_context("spawn")

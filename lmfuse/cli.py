@@ -5,6 +5,7 @@
     lmfuse train   --config C --workdir W [--config.key=value ...]   (resumes if W has a checkpoint)
     lmfuse eval    --workdir W [--split validation|test]
     lmfuse inspect --workdir W
+    lmfuse sample  --workdir W --prompt "..." [--max_len N --temperature T --top_k K --beam K ...]
 
 A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2.
 """
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="step, parameter counts, shapes, digest")
     inspect.add_argument("--workdir", required=True)
+
+    from lmfuse.decode import cli_sample
+
+    cli_sample.add_parser(commands)
     return parser
 
 
@@ -83,6 +88,12 @@ def run(argv: Sequence[str]) -> int:
         from lmfuse.train.loop import train
 
         train(config, args.workdir, progress=not args.no_progress)
+    elif args.command == "sample":
+        if overrides:
+            raise LmfuseError(f"sample reads the config stored in the workdir; drop {overrides[0]}")
+        from lmfuse.decode import cli_sample
+
+        cli_sample.run(args)
     else:
         if overrides:
             raise LmfuseError(f"{args.command} reads the config stored in the workdir; drop {overrides[0]}")

@@ -1,0 +1,45 @@
+"""Decoding: the `DecodeStep` contract, samplers, beam search and logit processors.
+
+    decoder = lm_decode_step(model)                      # TransformerLM or RNNLM
+    out = sample(decoder, params, {'prompt': p}, key, max_new_tokens=32, top_p=0.9)
+    best = beam_search(decoder, params, {'prompt': p}, beam_size=4, max_new_tokens=32)
+"""
+
+from lmfuse.decode.beam import BeamOutput, beam_search, gather_beams, length_penalty, tile_beams
+from lmfuse.decode.processors import (
+    DecodeContext,
+    MinP,
+    RepetitionPenalty,
+    SuppressTokens,
+    Temperature,
+    TopK,
+    TopP,
+    apply_processors,
+    sampling_processors,
+)
+from lmfuse.decode.sampling import GREEDY_TEMPERATURE, SampleOutput, greedy, sample
+from lmfuse.decode.step import DecodeStep, left_pad, lm_decode_step
+
+__all__ = [
+    "GREEDY_TEMPERATURE",
+    "BeamOutput",
+    "DecodeContext",
+    "DecodeStep",
+    "MinP",
+    "RepetitionPenalty",
+    "SampleOutput",
+    "SuppressTokens",
+    "Temperature",
+    "TopK",
+    "TopP",
+    "apply_processors",
+    "beam_search",
+    "gather_beams",
+    "greedy",
+    "left_pad",
+    "length_penalty",
+    "lm_decode_step",
+    "sample",
+    "sampling_processors",
+    "tile_beams",
+]

@@ -1,0 +1,156 @@
+"""Beam search as one compiled `lax.while_loop`, after the Flax examples' design.
+
+Each prompt is decoded once (`DecodeStep.init`), then its state is tiled to K beams. Every
+step scores all K x V extensions, keeps the top 2K (enough that K of them do not end in EOS),
+and splits them: candidates among the top K ending in EOS (or reaching the length limit)
+compete for the K finished slots by length-normalised score, the rest for the K live slots by log-prob. The
+decode state (KV cache, RNN carry, anything) is reordered by gathering every leaf with the
+chosen beam indices (`gather_beams`), then stepped once with the new tokens.
+
+Score = sum of log-probs / ((5 + length) / 6) ** alpha (GNMT; length counts EOS). The loop stops
+early once, for every prompt, the worst finished score beats the best score any live beam could
+still reach (its log-prob can only fall, so for alpha >= 0 the best case is at the length limit).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lmfuse.data.tokenizer import EOS_ID, PAD_ID
+from lmfuse.decode.processors import DecodeContext, Processor, SuppressTokens, apply_processors
+from lmfuse.decode.step import Batch, DecodeStep
+
+# A large finite "minus infinity" (as in Flax): sums and ratios of it stay finite and ordered.
+NEG_INF = -1.0e7
+
+
+class BeamOutput(NamedTuple):
+    """n-best list per prompt, best first: tokens [B, K, N] (PAD after EOS), scores [B, K]
+    (length-normalised), logprobs [B, K] (sum of token log-probs), finished [B, K] bool."""
+
+    tokens: jax.Array
+    scores: jax.Array
+    logprobs: jax.Array
+    finished: jax.Array
+
+
+def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
+    """GNMT length penalty ((5 + length) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def tile_beams(tree: Any, beam_size: int) -> Any:
+    """Repeats every leaf's rows K times in place ([B, ...] -> [B*K, ...]); 0-d leaves stay."""
+    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0), tree)
+
+
+def gather_beams(tree: Any, beam_indices: jax.Array, old_beams: int) -> Any:
+    """Reorders beam-major state: leaf [B*old_K, ...] -> [B*K, ...] taking, for prompt b and
+    new beam j, old beam `beam_indices[b, j]`. Works for any pytree (KV cache, RNN carry)."""
+    batch, new_beams = beam_indices.shape
+    flat = (jnp.arange(batch)[:, None] * old_beams + beam_indices).reshape(-1)
+    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, flat, axis=0), tree)
+
+
+def _gather(x: jax.Array, indices: jax.Array) -> jax.Array:
+    """x [B, K, ...] indexed along axis 1 by indices [B, J] -> [B, J, ...]."""
+    return jnp.take_along_axis(x, indices.reshape(*indices.shape, *([1] * (x.ndim - 2))), axis=1)
+
+
+def beam_search(
+    decoder: DecodeStep,
+    params: Any,
+    batch: Batch,
+    *,
+    beam_size: int,
+    max_new_tokens: int,
+    alpha: float = 0.6,
+    eos_id: int | None = EOS_ID,
+    processors: Sequence[Processor] = (),
+    suppress_pad: bool = True,
+) -> BeamOutput:
+    """K-best continuations of each prompt in `batch` (see `DecodeStep`), best first.
+
+    Sequences that reach `max_new_tokens` without EOS count as finished. `eos_id=None` makes
+    every hypothesis exactly `max_new_tokens` long (exact search when K >= V ** N).
+    """
+    if beam_size <= 0 or max_new_tokens <= 0:
+        raise ValueError(f"beam_size={beam_size} and max_new_tokens={max_new_tokens} must be positive")
+    chain = ((SuppressTokens((PAD_ID,)),) if suppress_pad else ()) + tuple(processors)
+    return _beam_search(
+        decoder, chain, int(beam_size), int(max_new_tokens), float(alpha), params, batch,
+        jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _beam_search(decoder, chain, k, num_tokens, alpha, params, batch, eos_id):
+    prompt = batch["prompt"]
+    b, prompt_len = prompt.shape
+    logits, state = decoder.init(params, batch, prompt_len + num_tokens)
+    vocab = logits.shape[-1]
+    logits, state = tile_beams((logits, state), k)
+    seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt].set(True)
+    seen = tile_beams(seen.at[:, PAD_ID].set(False), k)
+    two_k = 2 * k
+
+    def cond(c):
+        i, live_logprobs, fin_scores = c[0], c[4], c[6]
+        best_live = live_logprobs[:, 0] / length_penalty(float(num_tokens), alpha)
+        worst_fin = jnp.min(fin_scores, axis=1)  # NEG_INF while fewer than K have finished
+        return (i < num_tokens) & ~jnp.all(worst_fin > best_live)
+
+    def body(c):
+        i, logits, state, seen, live_logprobs, live_seqs, fin_scores, fin_logprobs, fin_seqs, fin_flags = c
+        processed = apply_processors(chain, logits, DecodeContext(i, seen, state))
+        token_logprobs = jax.nn.log_softmax(processed, axis=-1).reshape(b, k, vocab)
+        # -inf (suppressed) becomes NEG_INF so scores stay finite and comparable.
+        candidates = live_logprobs[:, :, None] + jnp.maximum(token_logprobs, NEG_INF)
+        top_logprobs, top_flat = jax.lax.top_k(candidates.reshape(b, k * vocab), min(two_k, k * vocab))
+        top_beams, top_tokens = top_flat // vocab, (top_flat % vocab).astype(jnp.int32)
+        top_seqs = jax.lax.dynamic_update_slice(
+            _gather(live_seqs, top_beams), top_tokens[:, :, None], (0, 0, i)
+        )
+        real = top_logprobs > NEG_INF / 2  # not descended from a placeholder beam
+        ends = (top_tokens == eos_id) | (i == num_tokens - 1)
+
+        # Live: the best K candidates that did not just end.
+        live_cand = jnp.where(ends | ~real, NEG_INF, top_logprobs)
+        new_live_logprobs, live_pick = jax.lax.top_k(live_cand, k)
+        new_live_seqs = _gather(top_seqs, live_pick)
+        parent = _gather(top_beams, live_pick)
+        new_tokens = _gather(top_tokens, live_pick).reshape(-1)
+
+        # Finished: merge the ones that just ended with the K kept so far. As in HF, an ended
+        # candidate counts only if it ranks in the top K (so K=1 is exactly greedy); the other
+        # K are there only to keep K live beams.
+        just_ended = ends & real & (jnp.arange(top_tokens.shape[1]) < k)
+        scores = jnp.where(just_ended, top_logprobs / length_penalty(i + 1.0, alpha), NEG_INF)
+        all_scores = jnp.concatenate([fin_scores, scores], axis=1)
+        new_fin_scores, fin_pick = jax.lax.top_k(all_scores, k)
+        new_fin_logprobs = _gather(jnp.concatenate([fin_logprobs, top_logprobs], axis=1), fin_pick)
+        new_fin_seqs = _gather(jnp.concatenate([fin_seqs, top_seqs], axis=1), fin_pick)
+        new_fin_flags = _gather(jnp.concatenate([fin_flags, just_ended], axis=1), fin_pick)
+
+        # Reorder the decode state to the surviving beams' parents, then feed their tokens.
+        state, seen = gather_beams((state, seen), parent, k)
+        seen = seen.at[jnp.arange(b * k), new_tokens].set(True)
+        logits, state = decoder.step(params, state, new_tokens)
+        return (i + 1, logits, state, seen, new_live_logprobs, new_live_seqs, new_fin_scores,
+                new_fin_logprobs, new_fin_seqs, new_fin_flags)
+
+    # Only beam 0 is real at the start; the others are placeholders so the top-k is not K
+    # copies of the same hypothesis.
+    live_logprobs = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
+    seqs = jnp.full((b, k, num_tokens), PAD_ID, jnp.int32)
+    init = (jnp.asarray(0, jnp.int32), logits, state, seen, live_logprobs, seqs,
+            jnp.full((b, k), NEG_INF, jnp.float32), jnp.zeros((b, k), jnp.float32), seqs,
+            jnp.zeros((b, k), bool))
+    out = jax.lax.while_loop(cond, body, init)
+    fin_scores, fin_logprobs, fin_seqs, fin_flags = out[6:]
+    return BeamOutput(fin_seqs, fin_scores, jnp.where(fin_flags, fin_logprobs, NEG_INF), fin_flags)
