@@ -1,7 +1,7 @@
 """The Bible data: ASV text for LMs, and KJV -> ASV pairs for seq2seq, with their tokenizer.
 
-    lmfuse data prepare --config configs/data_bible.py
-    lmfuse data show --config configs/data_bible.py:translate --config.data.source=ylt
+lmfuse data prepare --config configs/data_bible.py
+lmfuse data show --config configs/data_bible.py:translate --config.data.source=ylt
 """
 
 from lmfuse.defaults import base_config

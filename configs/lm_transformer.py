@@ -1,51 +1,27 @@
 """A GPT-style Transformer LM on the Bible LM view (ASV train books).
 
-    lmfuse train --config configs/lm_transformer.py --workdir workdirs/lm_transformer
-    lmfuse train --config configs/lm_transformer.py:tiny --workdir workdirs/lm_transformer_tiny   # ~1 min on CPU
+lmfuse train --config configs/lm_transformer.py --workdir workdirs/lm_transformer
+lmfuse train --config configs/lm_transformer.py:tiny --workdir workdirs/lm_transformer_tiny
 """
 
-from lmfuse.defaults import base_config
+from lmfuse.defaults import lm_config
 
 
 def get_config(variant=None):
-    if variant not in (None, "tiny"):
-        raise ValueError(f"unknown variant {variant!r}; choose tiny or leave it out")
-    config = base_config()
-    config.data.view = "lm"
-    config.data.versions = "asv"
-    config.data.max_length = 128
-    config.data.seq_len = 128
-    config.model.name = "transformer"
-    config.model.emb_dim = 512
-    config.model.num_layers = 6
-    config.model.num_heads = 8
-    config.model.mlp_dim = 2048
-    config.model.positions = "rope"
-    config.model.norm = "pre"
-    config.model.dropout = 0.1
-    config.model.tie_embeddings = True
-    config.model.max_len = config.data.seq_len
-    config.optimizer.learning_rate = 6e-4
-    config.optimizer.warmup_steps = 200
-    config.train.steps = 20_000
-    config.train.batch_size = 64
-    config.train.eval_every = 1000
-    config.train.checkpoint_every = 1000
-    if variant == "tiny":
-        config.model.emb_dim = 128
-        config.model.num_layers = 2
-        config.model.num_heads = 4
-        config.model.mlp_dim = 512
-        config.model.dropout = 0.0
-        config.data.seq_len = 64
-        config.data.max_length = 64
-        config.model.max_len = 64
-        config.optimizer.learning_rate = 3e-3
-        config.optimizer.warmup_steps = 20
-        config.train.steps = 300
-        config.train.batch_size = 16
-        config.train.log_every = 25
-        config.train.eval_every = 300
-        config.train.eval_batches = 0
-        config.train.checkpoint_every = 100
-    return config
+    return lm_config(
+        variant,
+        model=dict(
+            name="transformer",
+            emb_dim=512,
+            num_layers=6,
+            num_heads=8,
+            mlp_dim=2048,
+            positions="rope",
+            norm="pre",
+            dropout=0.1,
+            tie_embeddings=True,
+        ),
+        tiny_model=dict(emb_dim=128, num_layers=2, num_heads=4, mlp_dim=512, dropout=0.0),
+        learning_rate=6e-4,
+        tiny_learning_rate=3e-3,
+    )
