@@ -6,6 +6,7 @@
     lmfuse eval    --workdir W [--split validation|test]
     lmfuse inspect --workdir W
     lmfuse sample  --workdir W --prompt "..." [--max_len N --temperature T --top_k K --beam K ...]
+    lmfuse translate --workdir W [--input F | --split test] [--output F] [--beam K]
 
 A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2.
 """
@@ -50,16 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
     train.add_argument("--no_progress", action="store_true", help="hide the progress bar")
 
-    evaluate = commands.add_parser("eval", help="perplexity of a trained workdir")
+    evaluate = commands.add_parser(
+        "eval", help="perplexity of a trained workdir (seq2seq: also BLEU, chrF, ROUGE-L, PINC)"
+    )
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="validation", choices=("validation", "test"))
+    evaluate.add_argument("--beam", type=int, default=0, help="seq2seq: beam size (0: config)")
 
     inspect = commands.add_parser("inspect", help="step, parameter counts, shapes, digest")
     inspect.add_argument("--workdir", required=True)
 
-    from lmfuse.decode import cli_sample
+    from lmfuse.decode import cli_sample, cli_translate
 
     cli_sample.add_parser(commands)
+    cli_translate.add_parser(commands)
     return parser
 
 
@@ -88,12 +93,14 @@ def run(argv: Sequence[str]) -> int:
         from lmfuse.train.loop import train
 
         train(config, args.workdir, progress=not args.no_progress)
-    elif args.command == "sample":
+    elif args.command in ("sample", "translate"):
         if overrides:
-            raise LmfuseError(f"sample reads the config stored in the workdir; drop {overrides[0]}")
-        from lmfuse.decode import cli_sample
+            raise LmfuseError(
+                f"{args.command} reads the config stored in the workdir; drop {overrides[0]}"
+            )
+        from lmfuse.decode import cli_sample, cli_translate
 
-        cli_sample.run(args)
+        (cli_sample if args.command == "sample" else cli_translate).run(args)
     else:
         if overrides:
             raise LmfuseError(f"{args.command} reads the config stored in the workdir; drop {overrides[0]}")

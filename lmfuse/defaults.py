@@ -37,6 +37,10 @@ def data_config() -> ml_collections.ConfigDict:
     c.pack = True  # pack examples into rows with segment ids (lm, and seq2seq if set)
     c.seq_len = 128  # length of a packed LM row
     c.shuffle = True
+    # Self-supervised noising of lm-view text: '' (none), 'bert_mask' (masked LM: 15% of
+    # tokens, 80/10/10 mask/random/keep) or 'span_corruption' (T5: source with sentinels ->
+    # the hidden spans, for an encoder-decoder).
+    c.noising = ""
 
     # Augmentation (training split only, off by default), applied to LM text / seq2seq sources.
     c.augment = ml_collections.ConfigDict(
@@ -91,6 +95,7 @@ def train_config() -> ml_collections.ConfigDict:
     c.accum_steps = 1  # micro-batches per step (gradient accumulation)
     c.label_smoothing = 0.0
     c.z_loss = 0.0
+    c.adversarial_epsilon = 0.0  # > 0: FGSM on the input embeddings (see lmfuse.train.step)
     c.log_every = 50
     c.eval_every = 500
     c.eval_batches = 0  # 0: the whole validation split
@@ -162,3 +167,75 @@ def lm_config(
             dict(steps=20_000, batch_size=64, eval_every=1000, checkpoint_every=1000)
         )
     return config
+
+
+def decode_config() -> ml_collections.ConfigDict:
+    """How `lmfuse translate` and seq2seq `lmfuse eval` decode (command-line flags override)."""
+    c = ml_collections.ConfigDict()
+    c.beam_size = 4
+    c.alpha = 0.6  # GNMT length penalty
+    c.max_new_tokens = 0  # 0: data.max_length
+    c.batch_size = 64  # sentences per decoding batch
+    return c
+
+
+S2S_VARIANTS = (None, "tiny")
+
+
+def s2s_config(
+    variant: str | None,
+    model: dict,
+    tiny_model: dict,
+    learning_rate: float,
+    tiny_learning_rate: float,
+    source: str = "ylt",
+    target: str = "asv",
+) -> ml_collections.ConfigDict:
+    """A seq2seq experiment on the Bible translate view (Carlson et al. 2018's split): the
+    settings every seq2seq config shares. `tiny` trains in about 10 minutes on a 2-core CPU.
+    Change the pair with --config.data.source / --config.data.target (e.g. kjv, public,
+    rv1909 for Spanish)."""
+    if variant not in S2S_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose tiny or leave it out")
+    tiny = variant == "tiny"
+    config = base_config()
+    config.decode = decode_config()
+    config.data.view = "translate"
+    config.data.source = source
+    config.data.target = target
+    config.data.max_length = 96 if tiny else 128
+    config.data.seq_len = config.data.max_length
+    config.model.update(model)
+    if tiny:
+        config.model.update(tiny_model)
+    config.model.max_len = config.data.max_length
+    config.optimizer.learning_rate = tiny_learning_rate if tiny else learning_rate
+    config.optimizer.warmup_steps = 100 if tiny else 1000
+    config.train.label_smoothing = 0.1
+    if tiny:
+        config.train.update(
+            dict(steps=1500, batch_size=32, log_every=50, eval_every=500, checkpoint_every=500)
+        )
+        config.decode.beam_size = 4
+    else:
+        config.train.update(
+            dict(steps=40_000, batch_size=64, eval_every=2000, checkpoint_every=2000)
+        )
+    return config
+
+
+def carlson_config(source: str, target: str, variant: str | None) -> ml_collections.ConfigDict:
+    """One row of Carlson et al. 2018 ("Evaluating prose style transfer with the Bible") at
+    full size, on their split: a 3-layer, 512-unit bi-LSTM encoder-decoder with attention, as
+    in the paper, or (variant 'transformer') a Transformer of similar cost."""
+    if variant not in (None, "transformer"):
+        raise ValueError(f"unknown variant {variant!r}; choose transformer or leave it out")
+    if variant == "transformer":
+        model = dict(name="s2s_transformer", emb_dim=512, num_layers=3, num_encoder_layers=3,
+                     num_heads=8, mlp_dim=2048, dropout=0.1, positions="learned")
+    else:
+        model = dict(name="s2s_rnn", cell="lstm", attention="bahdanau", emb_dim=512,
+                     hidden_dim=512, num_layers=3, num_encoder_layers=3, dropout=0.2,
+                     tie_embeddings=False)
+    rate = 5e-4 if variant == "transformer" else 1e-3
+    return s2s_config(None, model, {}, rate, rate, source=source, target=target)

@@ -101,6 +101,8 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, params, batch, eos_id):
 
     def cond(c):
         i, live_logprobs, fin_scores = c[0], c[4], c[6]
+        if not decoder.monotone:  # a live score may still rise: no bound, run to the end
+            return i < num_tokens
         best_live = live_logprobs[:, 0] / length_penalty(float(num_tokens), alpha)
         worst_fin = jnp.min(fin_scores, axis=1)  # NEG_INF while fewer than K have finished
         return (i < num_tokens) & ~jnp.all(worst_fin > best_live)
@@ -108,7 +110,9 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, params, batch, eos_id):
     def body(c):
         i, logits, state, seen, live_logprobs, live_seqs, fin_scores, fin_logprobs, fin_seqs, fin_flags = c
         processed = apply_processors(chain, logits, DecodeContext(i, seen, state))
-        token_logprobs = jax.nn.log_softmax(processed, axis=-1).reshape(b, k, vocab)
+        if not decoder.log_scores:
+            processed = jax.nn.log_softmax(processed, axis=-1)
+        token_logprobs = processed.reshape(b, k, vocab)
         # -inf (suppressed) becomes NEG_INF so scores stay finite and comparable.
         candidates = live_logprobs[:, :, None] + jnp.maximum(token_logprobs, NEG_INF)
         top_logprobs, top_flat = jax.lax.top_k(candidates.reshape(b, k * vocab), min(two_k, k * vocab))

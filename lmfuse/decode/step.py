@@ -45,6 +45,12 @@ class DecodeStep:
 
     init: Callable[[Params, Batch, int], tuple[jax.Array, State]]
     step: Callable[[Params, State, jax.Array], tuple[jax.Array, State]]
+    # True when the outputs are already per-token log-scores (a fused DecodeStep's weighted sum
+    # of log-probs): beam search then ranks by them as they are instead of by log_softmax.
+    log_scores: bool = False
+    # True when a hypothesis' score can only fall as it grows (log-probs, or any sum of
+    # non-positive terms); beam search stops early only then.
+    monotone: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +60,10 @@ class _Bound:
 
     fn: Callable
     model: Any
+    options: tuple[tuple[str, Any], ...] = ()  # keyword arguments, as hashable pairs
 
     def __call__(self, *args):
-        return self.fn(self.model, *args)
+        return self.fn(self.model, *args, **dict(self.options))
 
 
 def left_pad(prompt: jax.Array) -> jax.Array:
@@ -136,6 +143,31 @@ def _rnn_step(model: RNNLM, params: Params, state: State, tokens: jax.Array):
         {"params": params}, tokens[:, None].astype(jnp.int32), carry=carry, return_carry=True
     )
     return logits[:, 0], jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), carry)
+
+
+def seq2seq_decode_step(model: Any, zero_context: bool = False) -> DecodeStep:
+    """The DecodeStep of an encoder-decoder (`Seq2SeqTransformer`, `Seq2SeqRNN`).
+
+    `batch` holds `inputs` [B, S] (the source, right-padded) and `prompt` [B, P] (the decoder
+    prefix, usually [[BOS]]); `init` runs the encoder once. With `zero_context` the decoder
+    runs with its encoder context zeroed: the model's internal LM (ILME fusion).
+    """
+    from lmfuse.models import seq2seq_rnn, seq2seq_transformer
+
+    for module, cls in ((seq2seq_transformer, "Seq2SeqTransformer"), (seq2seq_rnn, "Seq2SeqRNN")):
+        if isinstance(model, getattr(module, cls)):
+            options = (("zero_context", zero_context),)
+            return DecodeStep(
+                _Bound(module.decode_init, model, options), _Bound(module.decode_step, model, options)
+            )
+    raise TypeError(f"seq2seq_decode_step needs an encoder-decoder, got {type(model).__name__}")
+
+
+def decode_step_for(model: Any) -> DecodeStep:
+    """The DecodeStep of any generative lmfuse model (decoder-only LM or encoder-decoder)."""
+    if isinstance(model, TransformerLM | RNNLM):
+        return lm_decode_step(model)
+    return seq2seq_decode_step(model)
 
 
 def lm_decode_step(model: TransformerLM | RNNLM) -> DecodeStep:

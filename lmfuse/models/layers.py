@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmfuse.data.tokenizer import BOS_ID
+
 LOGICAL_AXES = (
     "batch",  # examples in a batch
     "length",  # time steps
@@ -200,3 +202,13 @@ def segment_starts(segment_ids: jax.Array) -> jax.Array:
     same = segment_ids[:, 1:] == segment_ids[:, :-1]
     keep = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), same], axis=1)
     return keep.astype(jnp.float32)
+
+
+def shift_right(targets: jax.Array, positions: jax.Array) -> jax.Array:
+    """Teacher-forcing decoder inputs: [B, T] targets shifted right by one within each segment.
+
+    Every segment starts (position 0) with BOS, so a packed row never feeds the last token of
+    one example to the next. Whatever padding reads is harmless: segment id 0 masks it out.
+    """
+    shifted = jnp.roll(targets, 1, axis=1)
+    return jnp.where(positions == 0, jnp.asarray(BOS_ID, targets.dtype), shifted)

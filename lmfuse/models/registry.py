@@ -1,8 +1,12 @@
 """Model configs and construction: `model_defaults()` lists every model key, `build_model` checks
 a config and returns the Flax module it describes.
 
-Models never read a config themselves: `build_model` copies the fields into a frozen dataclass
-(`TransformerConfig` / `RNNConfig`) that the module holds.
+    decoder-only LMs   transformer, rnn, lstm, gru          (lmfuse.models.transformer / rnn)
+    encoder-decoders   s2s_transformer, s2s_rnn             (seq2seq_transformer / seq2seq_rnn)
+    encoder-only       masked_lm (BERT-style)               (masked_lm)
+
+Models never read a config themselves: `build_model` copies the fields their frozen config
+dataclass declares (`TransformerConfig`, `RNNConfig`, ...) into it, and the module holds that.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ from lmfuse.models.layers import ACTIVATIONS, DTYPES
 from lmfuse.models.rnn import RNNLM, RNNConfig
 from lmfuse.models.transformer import REMAT_POLICIES, TransformerConfig, TransformerLM
 
-MODEL_NAMES = ("rnn", "lstm", "gru", "transformer")
+LM_NAMES = ("rnn", "lstm", "gru", "transformer")
+SEQ2SEQ_NAMES = ("s2s_transformer", "s2s_rnn")
+MASKED_LM_NAMES = ("masked_lm",)
+MODEL_NAMES = LM_NAMES + SEQ2SEQ_NAMES + MASKED_LM_NAMES
+TRANSFORMER_NAMES = ("transformer", "s2s_transformer", "masked_lm")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "name": MODEL_NAMES,
@@ -28,6 +36,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "remat_policy": tuple(REMAT_POLICIES),
     "dtype": tuple(DTYPES),
     "attention_impl": ("xla", "cudnn"),
+    "cell": ("lstm", "gru"),
+    "attention": ("bahdanau", "luong"),
 }
 POSITIVE_INTS = ("emb_dim", "hidden_dim", "num_layers", "num_heads", "mlp_dim", "max_len")
 
@@ -55,21 +65,42 @@ def model_defaults() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype, 'float32' | 'bfloat16'; params are always float32
     c.attention_impl = "xla"  # 'xla' | 'cudnn' (GPU, bf16; jax.nn.dot_product_attention)
     c.hoist_input_projection = True  # RNN: input-to-hidden matmul for all steps before the scan
+    # Encoder-decoders.
+    c.num_encoder_layers = 0  # 0 means num_layers
+    c.share_embeddings = True  # one table for source, target (and the tied output layer)
+    c.cell = "lstm"  # s2s_rnn: 'lstm' | 'gru' (bidirectional encoder, attentional decoder)
+    c.attention = "bahdanau"  # s2s_rnn: 'bahdanau' (additive) | 'luong' (multiplicative)
     return c
+
+
+def _module_and_config(name: str):
+    """(module class, its config dataclass) for a model name; imported on demand."""
+    if name == "transformer":
+        return TransformerLM, TransformerConfig
+    if name in ("rnn", "lstm", "gru"):
+        return RNNLM, RNNConfig
+    if name == "s2s_transformer":
+        from lmfuse.models import seq2seq_transformer as m
+
+        return m.Seq2SeqTransformer, m.Seq2SeqTransformerConfig
+    if name == "s2s_rnn":
+        from lmfuse.models import seq2seq_rnn as m
+
+        return m.Seq2SeqRNN, m.Seq2SeqRNNConfig
+    from lmfuse.models import masked_lm as m
+
+    return m.MaskedLM, m.MaskedLMConfig
 
 
 def build_model(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_size: int) -> nn.Module:
     """Checks `model_cfg` (missing keys take defaults) and returns an unbound Flax module."""
     c = _checked(model_cfg, vocab_size)
-    if c["name"] == "transformer":
-        return TransformerLM(
-            TransformerConfig(
-                vocab_size=vocab_size,
-                **{f: c[f] for f in TransformerConfig.__dataclass_fields__ if f != "vocab_size"},
-            )
-        )
-    fields = {f: c[f] for f in RNNConfig.__dataclass_fields__ if f not in ("vocab_size", "cell")}
-    return RNNLM(RNNConfig(vocab_size=vocab_size, cell=c["name"], **fields))
+    module, config_class = _module_and_config(c["name"])
+    fields = {f: c[f] for f in config_class.__dataclass_fields__ if f in c}
+    fields["vocab_size"] = vocab_size
+    if config_class is RNNConfig:
+        fields["cell"] = c["name"]
+    return module(config_class(**fields))
 
 
 def _checked(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
@@ -105,7 +136,7 @@ def _checked(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_siz
     if vocab_size <= 0:
         raise LmfuseError(f"vocab_size={vocab_size} must be positive; check the tokenizer")
 
-    if c["name"] == "transformer":
+    if c["name"] in TRANSFORMER_NAMES:
         if c["head_dim"] == 0 and c["emb_dim"] % c["num_heads"]:
             raise LmfuseError(
                 f"model.emb_dim={c['emb_dim']} is not divisible by model.num_heads={c['num_heads']}; "
@@ -114,7 +145,7 @@ def _checked(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_siz
         head_size = c["head_dim"] or c["emb_dim"] // c["num_heads"]
         if c["positions"] == "rope" and head_size % 2:
             raise LmfuseError(f"model.positions='rope' needs an even head size, got {head_size}")
-    else:
+    elif c["name"] in LM_NAMES:
         if c["tie_embeddings"] and c["hidden_dim"] != c["emb_dim"]:
             raise LmfuseError(
                 f"model.tie_embeddings needs model.hidden_dim == model.emb_dim for an RNN, got "

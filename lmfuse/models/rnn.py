@@ -291,7 +291,9 @@ class RNNLM(nn.Module):
         if carry is None:
             carry = self.init_carry(inputs.shape[0])
         keep = None if segment_ids is None else segment_starts(segment_ids)
-        x = constrain(self.drop(self.wte(inputs), deterministic=deterministic), ("batch", "length", "embed"))
+        # perturb: a no-op unless a 'perturbations' collection is passed (adversarial training).
+        x = self.perturb("embeddings", self.wte(inputs))
+        x = constrain(self.drop(x, deterministic=deterministic), ("batch", "length", "embed"))
         new_layers = []
         for i, layer in enumerate(self.layers):
             x, layer_carry = layer(x, keep, jax.tree.map(lambda s, i=i: s[i], carry))

@@ -114,6 +114,113 @@ def _residual_std(cfg: TransformerConfig) -> float:
     return 0.02 / math.sqrt(2 * cfg.num_layers)
 
 
+def heads_projection(cfg: TransformerConfig, name: str) -> EinsumDense:
+    """A query, key or value projection [B, T, E] -> [B, T, N, H] named `name`."""
+    return EinsumDense(
+        kernel_shape=(cfg.emb_dim, cfg.num_heads, cfg.head_size),
+        kernel_axes=("embed", "heads", "kv"),
+        bias_shape=(cfg.num_heads, cfg.head_size),
+        bias_axes=("heads", "kv"),
+        equation="bte,enh->btnh",
+        use_bias=cfg.use_bias,
+        dtype=compute_dtype(cfg.dtype),
+        name=name,
+    )
+
+
+def output_projection(cfg: TransformerConfig) -> EinsumDense:
+    """The attention output projection `out`: [B, T, N, H] -> [B, T, E]."""
+    return EinsumDense(
+        kernel_shape=(cfg.num_heads, cfg.head_size, cfg.emb_dim),
+        kernel_axes=("heads", "kv", "embed"),
+        bias_shape=(cfg.emb_dim,),
+        bias_axes=("embed",),
+        equation="btnh,nhe->bte",
+        kernel_std=_residual_std(cfg),
+        use_bias=cfg.use_bias,
+        dtype=compute_dtype(cfg.dtype),
+        name="out",
+    )
+
+
+def position_table(module: nn.Module, cfg: TransformerConfig) -> jax.Array | None:
+    """Declares `module`'s learned position table `wpe` [max_len, E] (call it in setup);
+    None unless cfg.positions == 'learned'."""
+    if cfg.positions != "learned":
+        return None
+    return module.param(
+        "wpe",
+        partitioned(nn.initializers.normal(0.02), (None, "embed")),
+        (cfg.max_len, cfg.emb_dim),
+        jnp.float32,
+    )
+
+
+def add_positions(
+    cfg: TransformerConfig, x: jax.Array, positions: jax.Array, wpe: jax.Array | None
+) -> jax.Array:
+    """x [B, T, E] plus the learned (`wpe`) or sinusoidal embedding of positions [B, T].
+
+    Rope rotates q and k inside attention instead, so then x comes back unchanged.
+    """
+    if cfg.positions == "learned":
+        return x + jnp.take(wpe, positions, axis=0).astype(x.dtype)
+    if cfg.positions == "sinusoidal":
+        return x + sinusoidal_embedding(positions, cfg.emb_dim).astype(x.dtype)
+    return x
+
+
+def cached_attention_mask(
+    cache_segments: jax.Array, segments: jax.Array, start: jax.Array | int
+) -> tuple[jax.Array, jax.Array]:
+    """Self-attention mask of a chunk written into a KV cache at slots start .. start+T-1.
+
+    cache_segments [B, S] (0 = unwritten or padding), segments [B, T] of the chunk ->
+    (mask [B, 1, T, S]: the same segment at an earlier or the same slot, updated
+    cache_segments [B, S]).
+    """
+    new_segments = lax.dynamic_update_slice(cache_segments, segments, (0, start))
+    slots, t = new_segments.shape[1], segments.shape[1]
+    causal = jnp.arange(slots)[None, :] <= (start + jnp.arange(t))[:, None]  # [T, S]
+    return causal[None, None] & segment_mask(segments, new_segments), new_segments
+
+
+def layer_stack(
+    cfg: TransformerConfig,
+    layer: type[nn.Module],
+    num_layers: int,
+    static_argnums: tuple[int, ...],
+    in_axes: tuple[Any, ...],
+    out_axes: Any = 0,
+) -> nn.Module | list[nn.Module]:
+    """`num_layers` layers `layer(cfg)`, built in a parent's setup.
+
+    A list (params `blocks_i` once assigned to `self.blocks`), or with cfg.scan_layers one
+    `nn.scan` over the layer (params `blocks` with a leading 'layers' axis; `in_axes` /
+    `out_axes` say which arguments and outputs are per layer). With a remat policy each layer
+    is wrapped in `nn.remat`; `static_argnums` (counting `self` as 0) are its Python flags.
+    """
+    if cfg.remat_policy != "none":
+        layer = nn.remat(
+            layer,
+            policy=REMAT_POLICIES[cfg.remat_policy],
+            prevent_cse=not cfg.scan_layers,  # scan already prevents CSE
+            static_argnums=static_argnums,
+        )
+    if cfg.scan_layers:
+        # One compiled layer body instead of num_layers copies: faster compiles, same function.
+        return nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=in_axes,
+            out_axes=out_axes,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg)
+    return [layer(cfg) for _ in range(num_layers)]
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention through `jax.nn.dot_product_attention`.
 
@@ -137,17 +244,7 @@ class Attention(nn.Module):
         dt = compute_dtype(c.dtype)
 
         def project(name: str) -> jax.Array:
-            dense = EinsumDense(
-                kernel_shape=(x.shape[-1], c.num_heads, c.head_size),
-                kernel_axes=("embed", "heads", "kv"),
-                bias_shape=(c.num_heads, c.head_size),
-                bias_axes=("heads", "kv"),
-                equation="bte,enh->btnh",
-                use_bias=c.use_bias,
-                dtype=dt,
-                name=name,
-            )
-            return constrain(dense(x), ("batch", "length", "heads", "kv"))
+            return constrain(heads_projection(c, name)(x), ("batch", "length", "heads", "kv"))
 
         q, k, v = project("query"), project("key"), project("value")  # [B, T, N, H]
         if c.positions == "rope":
@@ -166,18 +263,7 @@ class Attention(nn.Module):
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask, is_causal=is_causal, implementation=c.attention_impl
         )
-        out = EinsumDense(
-            kernel_shape=(c.num_heads, c.head_size, c.emb_dim),
-            kernel_axes=("heads", "kv", "embed"),
-            bias_shape=(c.emb_dim,),
-            bias_axes=("embed",),
-            equation="btnh,nhe->bte",
-            kernel_std=_residual_std(c),
-            use_bias=c.use_bias,
-            dtype=dt,
-            name="out",
-        )(out)
-        return out, new_cache
+        return output_projection(c)(out), new_cache
 
 
 class MLP(nn.Module):
@@ -243,6 +329,12 @@ class Block(nn.Module):
         return constrain(x, ("batch", "length", "embed")), new_cache
 
 
+# How `layer_stack` wraps Block: is_causal (6) and deterministic (7) are Python flags; only the
+# layer cache (argument 3) differs per layer.
+BLOCK_STATIC_ARGNUMS = (6, 7)
+BLOCK_SCAN_IN_AXES = (nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast)
+
+
 class TransformerLM(nn.Module):
     """GPT-style LM. See the module docstring for shapes, param tree and cache layout.
 
@@ -258,35 +350,9 @@ class TransformerLM(nn.Module):
     def setup(self) -> None:
         c = self.cfg
         self.wte = Embed(c.vocab_size, c.emb_dim, c.dtype)
-        if c.positions == "learned":
-            self.wpe = self.param(
-                "wpe",
-                partitioned(nn.initializers.normal(0.02), (None, "embed")),
-                (c.max_len, c.emb_dim),
-                jnp.float32,
-            )
+        self.wpe = position_table(self, c)
         self.drop = nn.Dropout(c.dropout)
-        block = Block
-        if c.remat_policy != "none":
-            # static_argnums count `self` as 0: is_causal=6, deterministic=7.
-            block = nn.remat(
-                Block,
-                policy=REMAT_POLICIES[c.remat_policy],
-                prevent_cse=not c.scan_layers,  # scan already prevents CSE
-                static_argnums=(6, 7),
-            )
-        if c.scan_layers:
-            # One compiled layer body instead of num_layers copies: faster compiles, same function.
-            self.blocks = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, nn.broadcast),
-                length=c.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )(c)
-        else:
-            self.blocks = [block(c) for _ in range(c.num_layers)]
+        self.blocks = layer_stack(c, Block, c.num_layers, BLOCK_STATIC_ARGNUMS, BLOCK_SCAN_IN_AXES)
         if c.norm == "pre":
             self.ln_f = _layer_norm(c)
         if not c.tie_embeddings:
@@ -326,11 +392,9 @@ class TransformerLM(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
 
-        x = self.wte(inputs)
-        if c.positions == "learned":
-            x = x + jnp.take(self.wpe, positions, axis=0).astype(x.dtype)
-        elif c.positions == "sinusoidal":
-            x = x + sinusoidal_embedding(positions, c.emb_dim).astype(x.dtype)
+        # A no-op unless a 'perturbations' collection is passed (adversarial training).
+        x = self.perturb("embeddings", self.wte(inputs))
+        x = add_positions(c, x, positions, self.wpe)
         x = constrain(self.drop(x, deterministic=deterministic), ("batch", "length", "embed"))
 
         if cache is None:
@@ -338,10 +402,7 @@ class TransformerLM(nn.Module):
             is_causal, kv, new_segments = True, None, None
         else:
             segs = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-            new_segments = lax.dynamic_update_slice(cache["segment_ids"], segs, (0, start))
-            slots = new_segments.shape[1]
-            causal = jnp.arange(slots)[None, :] <= (start + jnp.arange(t))[:, None]  # [T, S]
-            mask = causal[None, None] & segment_mask(segs, new_segments)
+            mask, new_segments = cached_attention_mask(cache["segment_ids"], segs, start)
             is_causal, kv = False, {"k": cache["k"], "v": cache["v"]}
 
         if c.scan_layers:

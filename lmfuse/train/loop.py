@@ -30,9 +30,10 @@ from lmfuse.data import corpora
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.errors import LmfuseError
-from lmfuse.models.registry import build_model
+from lmfuse.models.registry import TRANSFORMER_NAMES, build_model
 from lmfuse.train import checkpoint, sharding
 from lmfuse.train.metrics_log import MetricsLog, flops_per_token, peak_flops_per_device
+from lmfuse.train.objectives import Objective, objective_for
 from lmfuse.train.optim import build_optimizer
 from lmfuse.train.step import LossOptions, TrainState, make_eval_step, make_train_step
 
@@ -51,6 +52,7 @@ class Trainer:
     train_step: object
     eval_step: object
     schedule: object
+    objective: Objective
 
     @property
     def num_params(self) -> int:
@@ -59,13 +61,16 @@ class Trainer:
 
 def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Trainer:
     model = build_model(config.model, tokenizer.vocab_size)
+    objective = objective_for(config)
     mesh = sharding.make_mesh(config.mesh, devices)
     tx, schedule = build_optimizer(config.optimizer, config.train.steps)
-    seq_len = config.data.seq_len
+    length = config.data.seq_len if objective.name != "seq2seq" else config.data.max_length
+    dummy_inputs = objective.init_inputs(length, length)
 
     def init_boxed(rng):
-        dummy = jnp.zeros((1, seq_len), jnp.int32)
-        params = model.init({"params": rng, "dropout": rng}, dummy, deterministic=True)["params"]
+        params = model.init(
+            {"params": rng, "dropout": rng}, *dummy_inputs, deterministic=True
+        )["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     rng = jax.random.key(config.seed)
@@ -79,7 +84,9 @@ def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devic
     )
     init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_shardings)
 
-    loss_options = LossOptions(config.train.label_smoothing, config.train.z_loss)
+    loss_options = LossOptions(
+        config.train.label_smoothing, config.train.z_loss, config.train.get("adversarial_epsilon", 0.0)
+    )
     if config.train.batch_size % config.train.accum_steps:
         raise LmfuseError(
             f"train.batch_size={config.train.batch_size} is not divisible by "
@@ -88,18 +95,18 @@ def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devic
     batch_sharding = sharding.batch_sharding(mesh)
     replicated = sharding.replicated(mesh)
     train_step = jax.jit(
-        make_train_step(model.apply, tx, loss_options, config.train.accum_steps),
+        make_train_step(model.apply, tx, loss_options, config.train.accum_steps, objective),
         in_shardings=(state_shardings, batch_sharding, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(model.apply),
+        make_eval_step(model.apply, objective),
         in_shardings=(state_shardings.params, batch_sharding),
         out_shardings=replicated,
     )
     return Trainer(config, tokenizer, model, mesh, state_shardings, abstract_state, init_fn,
-                   train_step, eval_step, schedule)
+                   train_step, eval_step, schedule, objective)
 
 
 def tokenizer_ref(tokenizer: Tokenizer) -> dict:
@@ -196,7 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     model_cfg = config.model
     flops_token = flops_per_token(
         trainer.num_params,
-        model_cfg.num_layers if model_cfg.name == "transformer" else 0,
+        model_cfg.num_layers if model_cfg.name in TRANSFORMER_NAMES else 0,
         model_cfg.emb_dim,
         config.data.seq_len,
     )

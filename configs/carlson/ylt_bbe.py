@@ -1,0 +1,12 @@
+"""Carlson et al. 2018 row: YLT -> BBE.
+Full size; the variant `transformer` swaps the bi-LSTM for a Transformer of similar cost.
+
+lmfuse train --config configs/carlson/ylt_bbe.py --workdir workdirs/carlson_ylt_bbe
+lmfuse eval --workdir workdirs/carlson_ylt_bbe --split test
+"""
+
+from lmfuse.defaults import carlson_config
+
+
+def get_config(variant=None):
+    return carlson_config("ylt", "bbe", variant)

@@ -1,0 +1,34 @@
+"""A Transformer encoder-decoder on Bible verse pairs (default YLT -> ASV style transfer).
+
+lmfuse train --config configs/s2s_transformer.py --workdir workdirs/s2s_transformer
+lmfuse train --config configs/s2s_transformer.py:tiny --workdir workdirs/s2s_transformer_tiny
+lmfuse train --config configs/s2s_transformer.py:tiny --config.data.source=kjv ...   # KJV -> ASV
+lmfuse train --config configs/s2s_transformer.py:tiny --config.data.source=rv1909 ...  # es -> en
+"""
+
+from lmfuse.defaults import s2s_config
+
+
+def get_config(variant=None):
+    return s2s_config(
+        variant,
+        model=dict(
+            name="s2s_transformer",
+            emb_dim=512,
+            num_layers=6,
+            num_encoder_layers=6,
+            num_heads=8,
+            mlp_dim=2048,
+            positions="learned",
+            norm="pre",
+            dropout=0.1,
+            tie_embeddings=True,
+            share_embeddings=True,
+        ),
+        tiny_model=dict(
+            emb_dim=256, num_layers=3, num_encoder_layers=3, num_heads=4, mlp_dim=1024,
+            dropout=0.1,
+        ),
+        learning_rate=5e-4,
+        tiny_learning_rate=2e-3,
+    )
