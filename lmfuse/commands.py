@@ -15,11 +15,13 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the subcommand's nam
     trainer, state, step = load_trained(args.workdir)
     result = evaluate(trainer, state.params, args.split)
     result["step"] = step
-    print(
-        f"{args.split} at step {step}: perplexity {result['perplexity']:.3f} per token, "
-        f"{result['perplexity_per_word']:.3f} per word, {result['perplexity_per_char']:.4f} "
-        f"per character over {int(result['tokens'])} tokens"
-    )
+    line = f"{args.split} at step {step}: perplexity {result['perplexity']:.3f} per token"
+    if "perplexity_per_word" in result:
+        line += (f", {result['perplexity_per_word']:.3f} per word, "
+                 f"{result['perplexity_per_char']:.4f} per character")
+    kind = "masked-token" if trainer.objective.name == "mlm" else "next-token"
+    print(f"{line}; {kind} accuracy {100 * result['accuracy']:.2f}% over "
+          f"{int(result['tokens'])} tokens")
     if trainer.config.model.name in SEQ2SEQ_NAMES:
         result.update(_translation_scores(trainer, state, args))
     out = Path(args.workdir) / f"eval_{args.split}.json"

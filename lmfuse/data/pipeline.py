@@ -15,6 +15,11 @@ Batches are dicts of int32 arrays:
              loss never cross documents because segment ids differ.
 * translate: `inputs` (source + EOS) and `targets` (target + EOS), with segment ids and
              positions. The model shifts `targets` right behind BOS for teacher forcing.
+* noising (lm view text, after augmentation; `lmfuse.data.noising`):
+             'bert_mask':       `inputs` = masked `[BOS] text`, `targets` = the original ids at
+                                the chosen positions and PAD elsewhere (packed like lm rows);
+             'span_corruption': `inputs` = text with sentinels + EOS, `targets` = the hidden
+                                spans + EOS (padded or packed like translate pairs).
 
 Segment id 0 is padding. The iterator returned by `iter()` has `get_state()`/`set_state()`, so a
 checkpoint can hold it and a resumed run sees exactly the next batch.
@@ -29,11 +34,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from lmfuse.data import augment
+from lmfuse.data import augment, noising
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from lmfuse.errors import LmfuseError
 
 FEATURES = ("inputs", "targets")
+NOISING = ("", "bert_mask", "span_corruption")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,7 @@ class PipelineOptions:
     num_epochs: int | None = None  # None repeats forever
     drop_remainder: bool = True
     augment: ml_collections.ConfigDict | None = None
+    noising: str = ""  # '' | 'bert_mask' | 'span_corruption' (lm view only)
     shard_index: int | None = None  # None: jax.process_index()
     shard_count: int | None = None  # None: jax.process_count()
 
@@ -70,6 +77,7 @@ class PipelineOptions:
             num_epochs=None if train else 1,
             drop_remainder=train,
             augment=data.augment if train and augment.is_enabled(data.augment) else None,
+            noising=data.get("noising", ""),  # .get: configs stored before the key existed
         )
         options.update(overrides)
         return cls(**options)
@@ -86,6 +94,12 @@ def make_dataset(
             f"train.batch_size={options.batch_size} must be a positive multiple of the "
             f"{shard_count} data-loading processes"
         )
+    if options.noising not in NOISING:
+        raise LmfuseError(
+            f"data.noising={options.noising!r} is not one of {', '.join(map(repr, NOISING))}"
+        )
+    if options.noising and options.view != "lm":
+        raise LmfuseError(f"data.noising={options.noising!r} needs data.view='lm' (monolingual text)")
     if options.view == "lm" and options.pack and options.max_length > options.seq_len:
         raise LmfuseError(
             f"data.max_length={options.max_length} exceeds data.seq_len={options.seq_len}; "
@@ -100,6 +114,14 @@ def make_dataset(
     if options.augment is not None:
         dataset = dataset.random_map(
             _Augment(options.augment, tokenizer.vocab_size, options), seed=options.seed
+        )
+    # Noise draws from its own seed, so it is independent of the augmentation's draws.
+    noise_seed = options.seed + 1_000_003
+    if options.noising == "bert_mask":
+        dataset = dataset.random_map(noising.BertMasking(tokenizer.vocab_size), seed=noise_seed)
+    elif options.noising == "span_corruption":
+        dataset = dataset.random_map(
+            noising.SpanCorruption(noising.sentinel_ids(tokenizer.vocab_size)), seed=noise_seed
         )
     iterable = dataset.to_iter_dataset()
     lengths = _lengths(options)
@@ -125,7 +147,7 @@ def _shard(options: PipelineOptions) -> tuple[int, int]:
 
 
 def _lengths(options: PipelineOptions) -> dict[str, int]:
-    if options.view == "lm":
+    if options.view == "lm" and options.noising != "span_corruption":
         return {"inputs": options.seq_len, "targets": options.seq_len}
     return {"inputs": options.max_length, "targets": options.max_length}
 

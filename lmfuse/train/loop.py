@@ -13,6 +13,7 @@ SIGTERM saves a checkpoint at the current step and returns cleanly.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import signal
@@ -24,13 +25,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from tqdm import tqdm
 
 from lmfuse.data import corpora
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.errors import LmfuseError
-from lmfuse.models.registry import TRANSFORMER_NAMES, build_model
+from lmfuse.models.registry import LM_NAMES, TRANSFORMER_NAMES, build_model, check_fusion
 from lmfuse.train import checkpoint, sharding
 from lmfuse.train.metrics_log import MetricsLog, flops_per_token, peak_flops_per_device
 from lmfuse.train.objectives import Objective, objective_for
@@ -60,10 +62,15 @@ class Trainer:
 
 
 def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Trainer:
-    model = build_model(config.model, tokenizer.vocab_size)
+    fused = bool(fusion_method(config))
+    if fused:
+        config = resolve_fusion(config, tokenizer)
+    model = build_model(config.model, tokenizer.vocab_size, config.get("fusion"))
     objective = objective_for(config)
     mesh = sharding.make_mesh(config.mesh, devices)
     tx, schedule = build_optimizer(config.optimizer, config.train.steps)
+    if fused:
+        tx = freeze(tx, model.cfg.frozen_bases())
     length = config.data.seq_len if objective.name != "seq2seq" else config.data.max_length
     dummy_inputs = objective.init_inputs(length, length)
 
@@ -83,6 +90,9 @@ def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devic
         state_shardings,
     )
     init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_shardings)
+    if fused:
+        init_fn = _fused_init_fn(model, init_boxed, tx, state_shardings, abstract_state.params,
+                                 config, tokenizer, devices)
 
     loss_options = LossOptions(
         config.train.label_smoothing, config.train.z_loss, config.train.get("adversarial_epsilon", 0.0)
@@ -109,6 +119,164 @@ def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devic
                    train_step, eval_step, schedule, objective)
 
 
+# ---------------------------------------------------------------------------------------------
+# Trained fusion (lmfuse.models.fusion): the bases come from their workdirs
+
+
+def fusion_method(config: ml_collections.ConfigDict) -> str:
+    """config.fusion.method, or '' (no fusion; also for configs from before the group)."""
+    fusion = config.get("fusion")
+    return fusion.get("method", "") if fusion is not None else ""
+
+
+def _resolved(fusion: ml_collections.ConfigDict) -> bool:
+    """Whether fusion.lm_model is filled in: a fused workdir's stored config rebuilds from it."""
+    return bool(fusion.get("lm_model"))
+
+
+def _base_workdirs(fusion: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """(base name, workdir) of every base the method starts from."""
+    from lmfuse.models.fusion import PRETRAINED_S2S
+
+    bases = [("lm", fusion.lm_workdir)]
+    if fusion.method in PRETRAINED_S2S:
+        bases.append(("s2s", fusion.s2s_workdir))
+    return bases
+
+
+def check_fusion_config(config: ml_collections.ConfigDict) -> None:
+    """Fusion settings that cannot work fail here, before any data or model is loaded."""
+    from lmfuse.models.fusion import PRETRAINED_S2S
+
+    fusion = config.fusion
+    check_fusion(fusion, config.model.name)
+    if _resolved(fusion):
+        return
+    if fusion.method not in PRETRAINED_S2S and fusion.s2s_workdir:
+        raise LmfuseError(
+            f"fusion.s2s_workdir is for {' and '.join(PRETRAINED_S2S)} fusion; "
+            f"{fusion.method} trains the encoder-decoder from scratch, so leave it empty"
+        )
+    for base, workdir in _base_workdirs(fusion):
+        if not workdir:
+            what = "a trained LM" if base == "lm" else "the trained encoder-decoder it starts from"
+            raise LmfuseError(f"fusion.method={fusion.method!r} needs fusion.{base}_workdir, {what}")
+        _base_config(workdir, base, None)
+
+
+def _base_config(workdir: str, base: str, tokenizer: Tokenizer | None) -> ml_collections.ConfigDict:
+    """The stored config of a base's workdir, checked (its tokenizer against `tokenizer`)."""
+    role = f"fusion.{base}_workdir {workdir!r}"
+    try:
+        stored = ml_collections.ConfigDict(checkpoint.read_json_item(workdir, "config"))
+        ref = checkpoint.read_json_item(workdir, "tokenizer")
+    except LmfuseError:
+        raise LmfuseError(f"{role} holds no finished checkpoint; train the {base} there first") from None
+    if fusion_method(stored):
+        raise LmfuseError(f"{role} holds a fused model; fuse a plain {base} instead")
+    if tokenizer is not None and ref["sha256"] != tokenizer.sha256:
+        raise LmfuseError(
+            f"vocab mismatch: {role} uses tokenizer sha256 {ref['sha256'][:12]}, this config's "
+            f"data {tokenizer.sha256[:12]}; train both with the same tokenizer settings"
+        )
+    return stored
+
+
+def resolve_fusion(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> ml_collections.ConfigDict:
+    """A fused config, checked against its base workdirs, with fusion.lm_model copied from the
+    LM's (a copy of `config`); unchanged once filled in (a fused workdir's stored config)."""
+    check_fusion_config(config)
+    if _resolved(config.fusion):
+        return config
+    lm = _base_config(config.fusion.lm_workdir, "lm", tokenizer).model
+    if lm.name not in LM_NAMES:
+        raise LmfuseError(
+            f"fusion.lm_workdir {config.fusion.lm_workdir!r} holds a {lm.name!r} model; fusion "
+            f"needs a decoder-only LM ({', '.join(LM_NAMES)})"
+        )
+    if lm.name == "transformer" and lm.positions == "learned" and lm.max_len < config.data.max_length:
+        raise LmfuseError(
+            f"the LM in {config.fusion.lm_workdir!r} has model.max_len={lm.max_len} learned "
+            f"positions, fewer than data.max_length={config.data.max_length}; lower "
+            "data.max_length or fuse a longer LM"
+        )
+    for base, workdir in _base_workdirs(config.fusion)[1:]:  # the s2s, where it is pretrained
+        stored = _base_config(workdir, base, tokenizer).model
+        if stored.name != config.model.name:
+            raise LmfuseError(
+                f"fusion.s2s_workdir {workdir!r} holds a {stored.name!r} model, but model.name="
+                f"{config.model.name!r}; use the model settings it was trained with"
+            )
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.fusion.lm_model = ml_collections.ConfigDict(lm.to_dict())
+    return config
+
+
+def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]) -> optax.GradientTransformation:
+    """`tx` on every top-level params subtree but the `frozen` ones, which get zero updates and
+    no optimizer state (Adam moments exist only for what trains)."""
+    if not frozen:
+        return tx
+
+    def labels(params) -> dict[str, str]:
+        return {name: "frozen" if name in frozen else "trained" for name in params}
+
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def load_fusion_bases(
+    config: ml_collections.ConfigDict, tokenizer: Tokenizer, abstract_params, devices=None
+) -> dict:
+    """{'lm': params (, 's2s': params)} restored from the base workdirs onto this config's
+    mesh, each checked against the fused model's subtree (`abstract_params`)."""
+    import orbax.checkpoint as ocp
+
+    bases = {}
+    for base, workdir in _base_workdirs(config.fusion):
+        stored = _base_config(workdir, base, tokenizer)
+        with stored.unlocked():
+            stored.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
+        base_trainer = build_trainer(stored, tokenizer, devices)
+        manager = checkpoint.make_manager(workdir, read_only=True)
+        restored = manager.restore(
+            manager.latest_step(),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(base_trainer.abstract_state)),
+        )
+        manager.close()
+        _check_fits(f"fusion.{base}_workdir {workdir!r}", restored.state.params, abstract_params[base])
+        bases[base] = restored.state.params
+    return bases
+
+
+def _check_fits(role: str, params, abstract) -> None:
+    shapes = {jax.tree_util.keystr(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    wanted = {jax.tree_util.keystr(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    for key in sorted(shapes.keys() | wanted.keys()):
+        if shapes.get(key) != wanted.get(key):
+            raise LmfuseError(
+                f"{role} does not fit this config's model: {key} is {shapes.get(key)} there and "
+                f"{wanted.get(key)} here; use the model settings it was trained with"
+            )
+
+
+def _fused_init_fn(model, init_boxed, tx, state_shardings, abstract_params, config, tokenizer,
+                   devices):
+    """init_fn of a fused trainer: the bases' trained params (read only now, so rebuilding a
+    fused workdir never needs them), the fusion layers started from them, fresh optimizer."""
+    from lmfuse.models.fusion import warm_start
+
+    def init(rng, bases):
+        state = nn.unbox(init_boxed(rng))
+        params = warm_start(model, {**state.params, **bases})
+        return state.replace(params=params, opt_state=tx.init(params))
+
+    jitted = jax.jit(init, out_shardings=state_shardings)
+    return lambda rng: jitted(rng, load_fusion_bases(config, tokenizer, abstract_params, devices))
+
+
 def tokenizer_ref(tokenizer: Tokenizer) -> dict:
     return {"path": str(tokenizer.path), "sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size}
 
@@ -131,12 +299,13 @@ def text_units(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
 
 
 def evaluate(trainer: Trainer, params, split: str = "validation", max_batches: int = 0) -> dict:
-    """Perplexity per token, per word and per character over the whole split."""
+    """Perplexity per token, per word and per character over the whole split, and next-token
+    (masked-token for an MLM) accuracy."""
     config = trainer.config
     options = PipelineOptions.from_config(config, split)
     dataset = make_dataset(corpora.load_examples(config, split).dataset, trainer.tokenizer, options)
     per_process = options.batch_size // jax.process_count()
-    nll_sum, tokens = 0.0, 0.0
+    nll_sum, tokens, correct = 0.0, 0.0, 0.0
     with sharding.activate(trainer.mesh):
         for index, batch in enumerate(dataset):
             if max_batches and index >= max_batches:
@@ -145,9 +314,12 @@ def evaluate(trainer: Trainer, params, split: str = "validation", max_batches: i
             sums = trainer.eval_step(params, sharding.global_batch(batch, trainer.mesh))
             nll_sum += float(sums["nll_sum"])
             tokens += float(sums["tokens"])
+            correct += float(sums["correct"])
     result = {"nll": nll_sum / max(tokens, 1.0), "tokens": tokens,
+              "accuracy": correct / max(tokens, 1.0),
               "perplexity": math.exp(min(nll_sum / max(tokens, 1.0), 50.0))}
-    if not max_batches:  # per-word / per-char need the whole split
+    every_token_scored = trainer.objective.name == "lm" or config.data.view == "translate"
+    if not max_batches and every_token_scored:  # per word / char: the whole text is scored
         units = text_units(config, split)
         for unit in ("words", "chars"):
             result[f"perplexity_per_{unit[:-1]}"] = math.exp(min(nll_sum / units[unit], 50.0))
@@ -178,10 +350,13 @@ class _StopFlag:
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
     """Trains to `config.train.steps`, resuming from the workdir's latest checkpoint."""
+    if fusion_method(config):
+        check_fusion_config(config)  # before any data is prepared
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = corpora.prepare(config)
     trainer = build_trainer(config, tokenizer)
+    config = trainer.config  # a fused config gains its LM's model config, saved with the state
     train_cfg = config.train
     is_main = jax.process_index() == 0
 

@@ -152,12 +152,15 @@ def make_train_step(
 
 
 def make_eval_step(apply_fn: Callable, objective: Objective = LM) -> Callable[[Any, Batch], dict]:
-    """Returns `eval_step(params, batch) -> {'nll_sum', 'tokens'}` (sums, to add over batches)."""
+    """Returns `eval_step(params, batch) -> {'nll_sum', 'tokens', 'correct'}` (sums over the
+    counted tokens, to add over batches; 'correct' counts argmax hits, i.e. accuracy)."""
 
     def eval_step(params, batch: Batch):
-        _, (nll_sum, count) = _loss_sums(
-            apply_fn, params, batch, None, LossOptions(), True, objective
-        )
-        return {"nll_sum": nll_sum, "tokens": count}
+        logits = objective.forward(apply_fn, params, batch, None, True)
+        weights = objective.weights(batch)
+        _, nll = token_losses(logits, batch["targets"], LossOptions())
+        correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+        return {"nll_sum": (nll * weights).sum(), "tokens": weights.sum(),
+                "correct": (correct * weights).sum()}
 
     return eval_step
