@@ -22,7 +22,7 @@ def eval(args: argparse.Namespace) -> dict:  # noqa: A001 - the subcommand's nam
     kind = "masked-token" if trainer.objective.name == "mlm" else "next-token"
     print(f"{line}; {kind} accuracy {100 * result['accuracy']:.2f}% over "
           f"{int(result['tokens'])} tokens")
-    if trainer.config.model.name in SEQ2SEQ_NAMES:
+    if trainer.config.model.name in SEQ2SEQ_NAMES and trainer.config.data.view == "translate":
         result.update(_translation_scores(trainer, state, args))
     out = Path(args.workdir) / f"eval_{args.split}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
