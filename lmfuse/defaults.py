@@ -110,6 +110,21 @@ def mesh_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
 
+def fusion_config() -> ml_collections.ConfigDict:
+    """Trained fusion of an LM into the encoder-decoder (`lmfuse.models.fusion`); off by default."""
+    c = ml_collections.ConfigDict()
+    c.method = ""  # '' (none) | 'deep' | 'cold' | 'simple_postnorm' | 'simple_prenorm' | 'linear'
+    c.lm_workdir = ""  # a trained decoder-only LM (every method), same tokenizer as the data
+    c.s2s_workdir = ""  # the trained encoder-decoder that deep and linear fusion start from
+    c.weights_kind = "scalar"  # linear: 'scalar' | 'vector' | 'context'
+    c.train_bases = False  # linear: fine-tune both bases with the weights (else both frozen)
+    c.cold_dim = 256  # cold: width of h^LM, of the gate and of the output DNN's hidden layer
+    # The LM's model config, copied from lm_workdir when training starts (not set by hand), so
+    # a fused workdir rebuilds its model without the LM's workdir.
+    c.lm_model = ml_collections.ConfigDict()
+    return c
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every group with its defaults; configs/ files override what their experiment needs."""
     from lmfuse.models.registry import model_defaults
@@ -122,6 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = optimizer_config()
     c.train = train_config()
     c.mesh = mesh_config()
+    c.fusion = fusion_config()
     return c
 
 
@@ -239,3 +255,44 @@ def carlson_config(source: str, target: str, variant: str | None) -> ml_collecti
                      tie_embeddings=False)
     rate = 5e-4 if variant == "transformer" else 1e-3
     return s2s_config(None, model, {}, rate, rate, source=source, target=target)
+
+
+# One encoder-decoder definition valid for both backbones, so --config.model.name=s2s_rnn
+# switches a fusion experiment (and the s2s it starts from) to the RNN with nothing else.
+FUSION_S2S_MODEL = dict(
+    name="s2s_transformer", emb_dim=512, hidden_dim=512, num_layers=3, num_encoder_layers=3,
+    num_heads=8, mlp_dim=2048, positions="learned", norm="pre", dropout=0.1,
+    tie_embeddings=True, share_embeddings=True, cell="lstm", attention="bahdanau",
+)
+FUSION_S2S_TINY_MODEL = dict(
+    emb_dim=256, hidden_dim=256, num_layers=2, num_encoder_layers=2, num_heads=4, mlp_dim=1024,
+)
+
+
+def fusion_experiment_config(
+    method: str,
+    variant: str | None,
+    learning_rate: float,
+    tiny_learning_rate: float,
+    steps: int = 0,
+    tiny_steps: int = 0,
+) -> ml_collections.ConfigDict:
+    """A trained-fusion experiment (`lmfuse.models.fusion`) on the Bible translate view: a
+    `s2s_config` whose fusion group names the LM of configs/lm_transformer.py (tiny: its :tiny
+    variant) in the workdir its docstring uses, and for deep and linear fusion the
+    encoder-decoder they start from (this same experiment trained with fusion.method='')."""
+    from lmfuse.models.fusion import PRETRAINED_S2S
+
+    config = s2s_config(variant, FUSION_S2S_MODEL, FUSION_S2S_TINY_MODEL, learning_rate,
+                        tiny_learning_rate)
+    tiny = variant == "tiny"
+    suffix = "_tiny" if tiny else ""
+    config.fusion.method = method
+    config.fusion.lm_workdir = f"workdirs/lm_transformer{suffix}"
+    if method in PRETRAINED_S2S:
+        config.fusion.s2s_workdir = f"workdirs/fusion_s2s{suffix}"
+    if tiny and tiny_steps:
+        config.train.steps = tiny_steps
+    elif not tiny and steps:
+        config.train.steps = steps
+    return config

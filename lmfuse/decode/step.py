@@ -146,15 +146,17 @@ def _rnn_step(model: RNNLM, params: Params, state: State, tokens: jax.Array):
 
 
 def seq2seq_decode_step(model: Any, zero_context: bool = False) -> DecodeStep:
-    """The DecodeStep of an encoder-decoder (`Seq2SeqTransformer`, `Seq2SeqRNN`).
+    """The DecodeStep of an encoder-decoder (`Seq2SeqTransformer`, `Seq2SeqRNN`, or either
+    fused with an LM, `FusedSeq2Seq`).
 
     `batch` holds `inputs` [B, S] (the source, right-padded) and `prompt` [B, P] (the decoder
     prefix, usually [[BOS]]); `init` runs the encoder once. With `zero_context` the decoder
     runs with its encoder context zeroed: the model's internal LM (ILME fusion).
     """
-    from lmfuse.models import seq2seq_rnn, seq2seq_transformer
+    from lmfuse.models import fusion, seq2seq_rnn, seq2seq_transformer
 
-    for module, cls in ((seq2seq_transformer, "Seq2SeqTransformer"), (seq2seq_rnn, "Seq2SeqRNN")):
+    for module, cls in ((seq2seq_transformer, "Seq2SeqTransformer"), (seq2seq_rnn, "Seq2SeqRNN"),
+                        (fusion, "FusedSeq2Seq")):
         if isinstance(model, getattr(module, cls)):
             options = (("zero_context", zero_context),)
             return DecodeStep(

@@ -4,6 +4,8 @@ a config and returns the Flax module it describes.
     decoder-only LMs   transformer, rnn, lstm, gru          (lmfuse.models.transformer / rnn)
     encoder-decoders   s2s_transformer, s2s_rnn             (seq2seq_transformer / seq2seq_rnn)
     encoder-only       masked_lm (BERT-style)               (masked_lm)
+    trained fusion     an encoder-decoder fused with an LM  (fusion), when config.fusion.method
+                       is set: `build_model(cfg.model, V, cfg.fusion)`
 
 Models never read a config themselves: `build_model` copies the fields their frozen config
 dataclass declares (`TransformerConfig`, `RNNConfig`, ...) into it, and the module holds that.
@@ -92,8 +94,17 @@ def _module_and_config(name: str):
     return m.MaskedLM, m.MaskedLMConfig
 
 
-def build_model(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_size: int) -> nn.Module:
-    """Checks `model_cfg` (missing keys take defaults) and returns an unbound Flax module."""
+def build_model(
+    model_cfg: ml_collections.ConfigDict | Mapping[str, Any],
+    vocab_size: int,
+    fusion_cfg: ml_collections.ConfigDict | Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Checks `model_cfg` (missing keys take defaults) and returns an unbound Flax module.
+
+    With a `fusion_cfg` (the config's `fusion` group) whose method is set, the module is that
+    encoder-decoder fused with the LM `fusion_cfg['lm_model']` (`fusion.FusedSeq2Seq`)."""
+    if fusion_cfg is not None and _as_dict(fusion_cfg).get("method"):
+        return _build_fused(model_cfg, _as_dict(fusion_cfg), vocab_size)
     c = _checked(model_cfg, vocab_size)
     module, config_class = _module_and_config(c["name"])
     fields = {f: c[f] for f in config_class.__dataclass_fields__ if f in c}
@@ -103,8 +114,64 @@ def build_model(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_
     return module(config_class(**fields))
 
 
+def _as_dict(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+
+
+def check_fusion(
+    fusion_cfg: ml_collections.ConfigDict | Mapping[str, Any], model_name: str
+) -> None:
+    """One-line errors for a fusion group that cannot work: an unknown method or weights
+    kind, or a base model that is not an encoder-decoder. Workdirs are checked where loaded."""
+    from lmfuse.models.fusion import METHODS, WEIGHTS_KINDS
+
+    f = _as_dict(fusion_cfg)
+    method = f.get("method", "")
+    if method not in METHODS:
+        raise LmfuseError(
+            f"unknown fusion.method {method!r}; choose one of {', '.join(METHODS)} ('' for none)"
+        )
+    if model_name not in SEQ2SEQ_NAMES:
+        raise LmfuseError(
+            f"fusion.method={method!r} fuses an LM into an encoder-decoder, but model.name="
+            f"{model_name!r} is not one; use {' or '.join(SEQ2SEQ_NAMES)}"
+        )
+    if f.get("weights_kind", "scalar") not in WEIGHTS_KINDS:
+        raise LmfuseError(
+            f"fusion.weights_kind={f['weights_kind']!r} is not one of {', '.join(WEIGHTS_KINDS)}"
+        )
+    if f.get("cold_dim", 1) <= 0:
+        raise LmfuseError(f"fusion.cold_dim={f['cold_dim']} must be positive")
+
+
+def _build_fused(model_cfg, fusion_cfg: dict[str, Any], vocab_size: int) -> nn.Module:
+    from lmfuse.models.fusion import FusedSeq2Seq, FusionConfig
+
+    s2s_cfg = _checked(model_cfg, vocab_size)
+    check_fusion(fusion_cfg, s2s_cfg["name"])
+    lm_model = fusion_cfg.get("lm_model") or {}
+    if not lm_model:
+        raise LmfuseError(
+            "fusion.lm_model is empty; building a trainer fills it in from fusion.lm_workdir"
+        )
+    lm_name = _checked(lm_model, vocab_size)["name"]
+    if lm_name not in LM_NAMES:
+        raise LmfuseError(
+            f"fusion needs a decoder-only LM ({', '.join(LM_NAMES)}), got {lm_name!r}"
+        )
+    cfg = FusionConfig(
+        method=fusion_cfg["method"],
+        vocab_size=vocab_size,
+        weights_kind=fusion_cfg.get("weights_kind", "scalar"),
+        train_bases=fusion_cfg.get("train_bases", False),
+        cold_dim=fusion_cfg.get("cold_dim", 256),
+        dtype=s2s_cfg["dtype"],
+    )
+    return FusedSeq2Seq(build_model(s2s_cfg, vocab_size), build_model(lm_model, vocab_size), cfg)
+
+
 def _checked(model_cfg: ml_collections.ConfigDict | Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
-    given = model_cfg.to_dict() if isinstance(model_cfg, ml_collections.ConfigDict) else dict(model_cfg)
+    given = _as_dict(model_cfg)
     defaults = model_defaults().to_dict()
     for key in given:
         if key not in defaults:

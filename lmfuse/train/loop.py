@@ -63,7 +63,7 @@ class Trainer:
 
 def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Trainer:
     fused = bool(fusion_method(config))
-    if fused:
+    if fused:  # the config gains its LM's model config, read once from the LM's workdir
         config = resolve_fusion(config, tokenizer)
     model = build_model(config.model, tokenizer.vocab_size, config.get("fusion"))
     objective = objective_for(config)
@@ -171,7 +171,10 @@ def _base_config(workdir: str, base: str, tokenizer: Tokenizer | None) -> ml_col
         stored = ml_collections.ConfigDict(checkpoint.read_json_item(workdir, "config"))
         ref = checkpoint.read_json_item(workdir, "tokenizer")
     except LmfuseError:
-        raise LmfuseError(f"{role} holds no finished checkpoint; train the {base} there first") from None
+        what = "LM" if base == "lm" else "encoder-decoder"
+        raise LmfuseError(
+            f"{role} holds no finished checkpoint; train the {what} there first"
+        ) from None
     if fusion_method(stored):
         raise LmfuseError(f"{role} holds a fused model; fuse a plain {base} instead")
     if tokenizer is not None and ref["sha256"] != tokenizer.sha256:
@@ -214,15 +217,19 @@ def resolve_fusion(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> m
 
 
 def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]) -> optax.GradientTransformation:
-    """`tx` on every top-level params subtree but the `frozen` ones, which get zero updates and
-    no optimizer state (Adam moments exist only for what trains)."""
+    """`tx` on every top-level params subtree but the `frozen` ones, which stay bit-identical
+    and get no optimizer state (Adam moments exist only for what trains)."""
     if not frozen:
         return tx
 
     def labels(params) -> dict[str, str]:
         return {name: "frozen" if name in frozen else "trained" for name in params}
 
-    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+    # Updates of -0.0, not set_to_zero's +0.0: p + (-0.0) is p bit for bit for every p, while
+    # (-0.0) + 0.0 is +0.0.
+    keep = optax.stateless(lambda updates, params=None: jax.tree.map(
+        lambda u: jnp.full_like(u, -0.0), updates))
+    return optax.multi_transform({"trained": tx, "frozen": keep}, labels)
 
 
 def load_fusion_bases(
@@ -244,28 +251,44 @@ def load_fusion_bases(
             args=ocp.args.Composite(state=ocp.args.StandardRestore(base_trainer.abstract_state)),
         )
         manager.close()
-        _check_fits(f"fusion.{base}_workdir {workdir!r}", restored.state.params, abstract_params[base])
+        _check_fits(workdir, base, restored.state.params, abstract_params[base])
         bases[base] = restored.state.params
     return bases
 
 
-def _check_fits(role: str, params, abstract) -> None:
-    shapes = {jax.tree_util.keystr(p): tuple(x.shape)
-              for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    wanted = {jax.tree_util.keystr(p): tuple(x.shape)
-              for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-    for key in sorted(shapes.keys() | wanted.keys()):
-        if shapes.get(key) != wanted.get(key):
+def _check_fits(workdir: str, base: str, params, abstract) -> None:
+    """One line naming the first parameter whose shape (or presence) differs."""
+
+    def shapes(tree) -> dict[str, tuple[int, ...]]:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {base + jax.tree_util.keystr(p): tuple(x.shape) for p, x in leaves}
+
+    have, want = shapes(params), shapes(abstract)
+    for key in sorted(have.keys() | want.keys()):
+        if have.get(key) != want.get(key):
             raise LmfuseError(
-                f"{role} does not fit this config's model: {key} is {shapes.get(key)} there and "
-                f"{wanted.get(key)} here; use the model settings it was trained with"
+                f"fusion.{base}_workdir {workdir!r} does not fit this config's model: {key} is "
+                f"{have.get(key)} there and {want.get(key)} here; use the model settings it was "
+                "trained with"
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class FusedInit:
+    """A fused trainer's `init_fn(rng) -> TrainState`: the bases' trained params (read from their
+    workdirs only when called, so rebuilding a fused workdir never needs them), the fusion
+    layers started from them, a fresh optimizer state. `jitted(rng, bases)` is the compiled
+    part, `load_bases()` the reading."""
+
+    jitted: object
+    load_bases: object
+
+    def __call__(self, rng: jax.Array) -> TrainState:
+        return self.jitted(rng, self.load_bases())
+
+
 def _fused_init_fn(model, init_boxed, tx, state_shardings, abstract_params, config, tokenizer,
-                   devices):
-    """init_fn of a fused trainer: the bases' trained params (read only now, so rebuilding a
-    fused workdir never needs them), the fusion layers started from them, fresh optimizer."""
+                   devices) -> FusedInit:
     from lmfuse.models.fusion import warm_start
 
     def init(rng, bases):
@@ -273,8 +296,10 @@ def _fused_init_fn(model, init_boxed, tx, state_shardings, abstract_params, conf
         params = warm_start(model, {**state.params, **bases})
         return state.replace(params=params, opt_state=tx.init(params))
 
-    jitted = jax.jit(init, out_shardings=state_shardings)
-    return lambda rng: jitted(rng, load_fusion_bases(config, tokenizer, abstract_params, devices))
+    return FusedInit(
+        jax.jit(init, out_shardings=state_shardings),
+        lambda: load_fusion_bases(config, tokenizer, abstract_params, devices),
+    )
 
 
 def tokenizer_ref(tokenizer: Tokenizer) -> dict:

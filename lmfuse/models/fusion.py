@@ -1,0 +1,387 @@
+"""Trained fusion of a decoder-only LM into an encoder-decoder: deep, cold, simple, linear.
+
+    source [B, S], decoder inputs [B, T] ([BOS] y_1 .. y_{t-1}, shared by both models)
+      -> s2s.encode -> s2s.decode_hidden            s_t: [B, T, D]     the s2s's output-layer input
+      -> lm.embed_and_hidden (same decoder inputs)  h_t: [B, T, H]     the LM's output-layer input
+      -> the method's output layer                  logits: [B, T, V] float32
+
+`decode_hidden` returns both states, {'s2s': s, 'lm': h}, and `logits_from_hidden` maps that
+pair to the fused logits, so the call contract is the encoder-decoders' own. With l the LM's
+logits (lm.logits_from_hidden(h)), S the s2s's (s2s.logits_from_hidden(s)) and
+p(y_t | y_<t, x) = softmax(logits_t):
+
+  deep (Gulcehre et al. 2015, sec. 4.2)
+      g_t = sigmoid(v^T h_t + b)                          a scalar gate per position
+      logits_t = W [s_t ; g_t h_t] = W_s s_t + g_t (W_l h_t)
+    Both bases are pretrained and frozen; v, b, W_s and W_l train. W_s starts as the s2s's
+    own output layer and W_l at 0, so training starts exactly from the s2s.
+  cold (Sriram et al. 2017, eq. 4a-4e)
+      h^LM_t = ReLU(W_h (l_t - max_v l_t) + b_h)          (4a)  [C]
+      g_t = sigmoid(W_g [s_t ; h^LM_t] + b_g)              (4b)  [C], one gate per feature
+      s^CF_t = [s_t ; g_t * h^LM_t]                        (4c)
+      r_t = W_o ReLU(W_r s^CF_t + b_r) + b_o               (4d)
+      logits_t = r_t                                       (4e)
+    The LM is frozen and the s2s trains from scratch with it. Shifting l so its top is 0
+    changes no probability and hides the LM's arbitrary logit offset from W_h (as
+    pytorch/translate does). The DNN of (4d) keeps its ReLU in a hidden layer: a ReLU on the
+    final logits (pytorch/translate's choice) pins every token with a negative
+    pre-activation at logit 0 with no gradient.
+  simple (Stahlberg et al. 2018, sec. 3), the LM frozen and the translation model (the s2s,
+  from scratch) trained through the combination:
+      simple_postnorm: logits_t = softmax(S_t) * softmax(l_t),  i.e. p = softmax(P_TM * P_LM)
+      simple_prenorm:  logits_t = S_t + log_softmax(l_t),       i.e. p = softmax(S_TM + log P_LM)
+    PostNorm is the paper's literal form: the outer softmax runs over products of
+    probabilities (values in [0, 1]), so no two tokens' fused probabilities differ by more
+    than a factor e, and the loss stays above log(V - 1 + e) - 1, about log V - 1. PreNorm is
+    a product of experts; a uniform LM leaves the TM's distribution unchanged.
+  linear (learned logit fusion)
+      logits_t = W_g * S_t + W_l * l_t
+    with W_g, W_l two scalars ('scalar'), two [V] vectors ('vector'), or per position
+    [W_g, W_l] = [s_t ; h_t] K + c ('context'). They start at W_g = 1, W_l = 0 (K = 0,
+    c = (1, 0)): exactly the s2s. The bases are frozen (train_bases=False) or fine-tuned
+    with the weights.
+
+The backbones differ only in what s_t and h_t are, each model's own output-layer input:
+s2s_transformer's s_t is the top decoder state after ln_f (cross-attention already mixed in);
+s2s_rnn's is its readout tanh(W_o [c_t ; s_t]), which holds the attention context c_t that
+Gulcehre's deep output layer reads. A TransformerLM's h_t is its final state after ln_f, an
+RNNLM's the top layer's output.
+
+A frozen base runs deterministically (no dropout: it is a fixed feature extractor) and its
+outputs pass through `stop_gradient`, so its backward pass is never computed.
+
+Param tree (D = s2s width, H = LM width, C = cold_dim; logical axes in brackets):
+    s2s/...                       the encoder-decoder's own tree, complete (output layer too)
+    lm/...                        the LM's own tree, complete
+    fusion/                       deep:   gate_kernel [H] ('embed',), gate_bias [] (),
+                                          out_s2s [D, V] ('embed', 'vocab'),
+                                          out_lm [H, V] ('embed', 'vocab')
+                                  cold:   lm_proj/{kernel [V, C] ('vocab', 'mlp'), bias [C]},
+                                          gate/{kernel [D + C, C] ('embed', 'mlp'), bias [C]},
+                                          hidden/{kernel [D + C, C] ('embed', 'mlp'), bias [C]},
+                                          out [C, V] ('mlp', 'vocab'), out_bias [V] ('vocab',)
+                                  linear: s2s_weight, lm_weight [] or [V] ('vocab',), or
+                                          gate_kernel [D + H, 2] ('embed', None),
+                                          gate_bias [2] (None,)
+                                  simple: no fusion params
+
+Decoding (`decode_init` / `decode_step`, the DecodeStep contract): the state is
+{'s2s': the s2s's own decoding state, 'lm': the LM's}, every leaf batch-first, so sampling,
+beam search and decode-time fusion run on a fused model unchanged. Each base steps with its
+own DecodeStep; the bases' `logits_from_hidden` is intercepted to hand back its input, so
+those steps yield the states s_t and h_t, and the fused output layer runs on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmfuse.models.layers import compute_dtype, constrain, partitioned
+
+METHODS = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear")
+WEIGHTS_KINDS = ("scalar", "vector", "context")
+BASES = ("s2s", "lm")
+# Methods that start from a trained encoder-decoder (fusion.s2s_workdir); the others train it
+# from scratch.
+PRETRAINED_S2S = ("deep", "linear")
+
+Params = Any
+Hidden = dict[str, jax.Array]
+State = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """How `FusedSeq2Seq` fuses; built from `config.fusion` by `registry.build_model`."""
+
+    method: str  # one of METHODS
+    vocab_size: int
+    weights_kind: str = "scalar"  # linear: 'scalar' | 'vector' | 'context'
+    train_bases: bool = False  # linear: fine-tune both bases with the weights
+    cold_dim: int = 256  # cold: width C of h^LM, the gate and the output DNN's hidden layer
+    dtype: str = "float32"  # compute dtype of the fusion layers (params stay float32)
+
+    def frozen_bases(self) -> tuple[str, ...]:
+        """The bases whose parameters never change ('s2s', 'lm')."""
+        if self.method == "deep" or (self.method == "linear" and not self.train_bases):
+            return BASES
+        if self.method == "linear":
+            return ()
+        return ("lm",)
+
+
+def _to_vocab(module: nn.Module, name: str, x: jax.Array, vocab: int, in_axis: str,
+              init: Callable, dtype: str) -> jax.Array:
+    """x [..., D] @ a kernel `name` [D, V] -> float32 logits [..., V]."""
+    kernel = module.param(name, partitioned(init, (in_axis, "vocab")), (x.shape[-1], vocab),
+                          jnp.float32)
+    dt = compute_dtype(dtype)
+    return jnp.einsum("...d,dv->...v", x.astype(dt), kernel.astype(dt),
+                      preferred_element_type=jnp.float32)
+
+
+def _dense(features: int, axes: tuple[str | None, str | None], dtype: str, name: str) -> nn.Dense:
+    """A Dense layer with float32 params, kernel axes `axes`, LeCun-normal kernel, zero bias."""
+    return nn.Dense(
+        features, dtype=compute_dtype(dtype), param_dtype=jnp.float32, name=name,
+        kernel_init=partitioned(nn.initializers.lecun_normal(), axes),
+        bias_init=partitioned(nn.initializers.zeros, (axes[1],)),
+    )
+
+
+class DeepFusion(nn.Module):
+    """logits = W_s s + sigmoid(v^T h + b) (W_l h); see the module docstring."""
+
+    cfg: FusionConfig
+
+    @nn.compact
+    def __call__(self, s: jax.Array, h: jax.Array) -> jax.Array:
+        c = self.cfg
+        v = self.param("gate_kernel", partitioned(nn.initializers.normal(0.02), ("embed",)),
+                       (h.shape[-1],), jnp.float32)
+        b = self.param("gate_bias", partitioned(nn.initializers.zeros, ()), (), jnp.float32)
+        gate = jax.nn.sigmoid(jnp.einsum("...h,h->...", h.astype(jnp.float32), v) + b)[..., None]
+        # out_s2s is replaced by the s2s's own output layer (`warm_start`); out_lm starts at 0.
+        s_logits = _to_vocab(self, "out_s2s", s, c.vocab_size, "embed",
+                             nn.initializers.normal(0.02), c.dtype)
+        lm_logits = _to_vocab(self, "out_lm", h, c.vocab_size, "embed", nn.initializers.zeros,
+                              c.dtype)
+        return s_logits + gate * lm_logits
+
+
+class ColdFusion(nn.Module):
+    """Sriram et al.'s eq. 4a-4e from s [..., D] and the LM logits l [..., V]."""
+
+    cfg: FusionConfig
+
+    @nn.compact
+    def __call__(self, s: jax.Array, lm_logits: jax.Array) -> jax.Array:
+        c = self.cfg
+        dt = compute_dtype(c.dtype)
+        shifted = lm_logits - jnp.max(lm_logits, axis=-1, keepdims=True)
+        h_lm = nn.relu(_dense(c.cold_dim, ("vocab", "mlp"), c.dtype, "lm_proj")(shifted))
+        h_lm = constrain(h_lm, ("batch", "length", "mlp"))
+        s = s.astype(dt)
+        gate = jax.nn.sigmoid(
+            _dense(c.cold_dim, ("embed", "mlp"), c.dtype, "gate")(jnp.concatenate([s, h_lm], -1))
+        )
+        s_cf = jnp.concatenate([s, gate * h_lm], axis=-1)
+        hidden = nn.relu(_dense(c.cold_dim, ("embed", "mlp"), c.dtype, "hidden")(s_cf))
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("vocab",)),
+                          (c.vocab_size,), jnp.float32)
+        return _to_vocab(self, "out", hidden, c.vocab_size, "mlp",
+                         nn.initializers.lecun_normal(), c.dtype) + bias
+
+
+class LinearFusion(nn.Module):
+    """logits = W_g * S + W_l * l with scalar, per-vocab or context-dependent weights."""
+
+    cfg: FusionConfig
+
+    @nn.compact
+    def __call__(self, s: jax.Array, h: jax.Array, s2s_logits: jax.Array,
+                 lm_logits: jax.Array) -> jax.Array:
+        c = self.cfg
+        if c.weights_kind == "context":
+            kernel = self.param("gate_kernel", partitioned(nn.initializers.zeros, ("embed", None)),
+                                (s.shape[-1] + h.shape[-1], 2), jnp.float32)
+            bias = self.param("gate_bias", partitioned(_one_zero, (None,)), (2,), jnp.float32)
+            features = jnp.concatenate([s.astype(jnp.float32), h.astype(jnp.float32)], axis=-1)
+            weights = jnp.einsum("...d,dk->...k", features, kernel) + bias  # [..., 2]
+            w_s2s, w_lm = weights[..., :1], weights[..., 1:]
+        else:
+            shape, axes = ((), ()) if c.weights_kind == "scalar" else ((c.vocab_size,), ("vocab",))
+            w_s2s = self.param("s2s_weight", partitioned(nn.initializers.ones, axes), shape,
+                               jnp.float32)
+            w_lm = self.param("lm_weight", partitioned(nn.initializers.zeros, axes), shape,
+                              jnp.float32)
+        return w_s2s * s2s_logits + w_lm * lm_logits
+
+
+def _one_zero(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    del key
+    return jnp.zeros(shape, dtype).at[0].set(1.0)
+
+
+HEADS = {"deep": DeepFusion, "cold": ColdFusion, "linear": LinearFusion}
+
+
+class FusedSeq2Seq(nn.Module):
+    """An encoder-decoder fused with an LM. See the module docstring for equations and params.
+
+    Calls (the encoder-decoders' contract; `hidden` is the pair {'s2s': s, 'lm': h}):
+      logits = model.apply(v, inputs, decoder_inputs, inputs_segment_ids=None,
+                           decoder_segment_ids=None, inputs_positions=None,
+                           decoder_positions=None, deterministic=True)    # [B, T, V] float32
+      encoded = model.apply(v, inputs, segment_ids, positions, deterministic, method='encode')
+      hidden = model.apply(v, encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids,
+                           decoder_positions, deterministic, zero_context=False,
+                           method='decode_hidden')
+      logits = model.apply(v, hidden, method='logits_from_hidden')
+    """
+
+    s2s: nn.Module
+    lm: nn.Module
+    cfg: FusionConfig
+
+    def setup(self) -> None:
+        if self.cfg.method in HEADS:
+            self.fusion = HEADS[self.cfg.method](self.cfg)
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        decoder_inputs: jax.Array,
+        inputs_segment_ids: jax.Array | None = None,
+        decoder_segment_ids: jax.Array | None = None,
+        inputs_positions: jax.Array | None = None,
+        decoder_positions: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Teacher-forced fused logits [B, T, V] float32."""
+        encoded = self.encode(inputs, inputs_segment_ids, inputs_positions, deterministic)
+        hidden = self.decode_hidden(
+            encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids, decoder_positions,
+            deterministic,
+        )
+        return self.logits_from_hidden(hidden)
+
+    def encode(
+        self,
+        inputs: jax.Array,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """The s2s's encoder output for source ids [B, S]."""
+        deterministic = self._deterministic("s2s", deterministic)
+        return self._held("s2s", self.s2s.encode(inputs, segment_ids, positions, deterministic))
+
+    def decode_hidden(
+        self,
+        encoded: jax.Array | None,
+        inputs_segment_ids: jax.Array | None,
+        decoder_inputs: jax.Array,
+        decoder_segment_ids: jax.Array | None = None,
+        decoder_positions: jax.Array | None = None,
+        deterministic: bool = True,
+        zero_context: bool = False,
+    ) -> Hidden:
+        """{'s2s': s [B, T, D], 'lm': h [B, T, H]}: both models' output-layer inputs."""
+        s = self.s2s.decode_hidden(
+            encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids, decoder_positions,
+            self._deterministic("s2s", deterministic), zero_context,
+        )
+        h = self.lm.embed_and_hidden(
+            decoder_inputs, decoder_segment_ids, decoder_positions,
+            self._deterministic("lm", deterministic),
+        )
+        return {"s2s": self._held("s2s", s), "lm": self._held("lm", h)}
+
+    def logits_from_hidden(self, hidden: Hidden) -> jax.Array:
+        """{'s2s': [B, T, D], 'lm': [B, T, H]} -> fused float32 logits [B, T, V]."""
+        s, h = hidden["s2s"], hidden["lm"]
+        method = self.cfg.method
+        if self.is_initializing():
+            # Create both output layers even where the method does not read them, so each base
+            # subtree is a complete model that loads from (and saves like) its own workdir.
+            self.s2s.logits_from_hidden(s)
+            self.lm.logits_from_hidden(h)
+        if method == "deep":
+            logits = self.fusion(s, h)
+        else:
+            lm_logits = self._held("lm", self.lm.logits_from_hidden(h))
+            if method == "cold":
+                logits = self.fusion(s, lm_logits)
+            else:
+                s2s_logits = self._held("s2s", self.s2s.logits_from_hidden(s))
+                if method == "simple_postnorm":
+                    logits = jax.nn.softmax(s2s_logits, -1) * jax.nn.softmax(lm_logits, -1)
+                elif method == "simple_prenorm":
+                    logits = s2s_logits + jax.nn.log_softmax(lm_logits, axis=-1)
+                else:
+                    logits = self.fusion(s, h, s2s_logits, lm_logits)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def s2s_output_layer(self, width: int) -> jax.Array:
+        """The s2s's output layer as a [D, V] matrix: its logits of the identity's rows (the
+        output layers are linear maps with no bias), exact when the s2s computes in float32."""
+        return self.s2s.logits_from_hidden(jnp.eye(width, dtype=jnp.float32)[None])[0]
+
+    def _deterministic(self, base: str, deterministic: bool) -> bool:
+        return deterministic or base in self.cfg.frozen_bases()
+
+    def _held(self, base: str, x: jax.Array) -> jax.Array:
+        """A frozen base's output carries no gradient (its backward pass is skipped)."""
+        return jax.lax.stop_gradient(x) if base in self.cfg.frozen_bases() else x
+
+
+def warm_start(model: FusedSeq2Seq, params: Params) -> Params:
+    """Params whose fusion layers start from the bases in `params` (unboxed): deep fusion's
+    W_s becomes the s2s's own output layer. Other methods start right from their inits."""
+    if model.cfg.method != "deep":
+        return params
+    width = params["fusion"]["out_s2s"].shape[0]
+    out = model.apply({"params": params}, width, method=FusedSeq2Seq.s2s_output_layer)
+    return {**params, "fusion": {**params["fusion"], "out_s2s": out}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _hidden_not_logits(next_fun, args, kwargs, context):
+    """Interceptor: a base's `logits_from_hidden` hands back its input, the hidden state."""
+    if context.method_name == "logits_from_hidden":
+        return args[0]
+    return next_fun(*args, **kwargs)
+
+
+def _base_steps(model: FusedSeq2Seq, zero_context: bool):
+    from lmfuse.decode.step import lm_decode_step, seq2seq_decode_step
+
+    return seq2seq_decode_step(model.s2s, zero_context), lm_decode_step(model.lm)
+
+
+def _fused_logits(model: FusedSeq2Seq, params: Params, s: jax.Array, h: jax.Array) -> jax.Array:
+    """Last-position states s [B, D], h [B, H] -> fused logits [B, V]."""
+    hidden = {"s2s": s[:, None], "lm": h[:, None]}
+    return model.apply({"params": params}, hidden, method="logits_from_hidden")[:, 0]
+
+
+def decode_init(
+    model: FusedSeq2Seq,
+    params: Params,
+    batch: dict[str, jax.Array],
+    max_len: int,
+    zero_context: bool = False,
+) -> tuple[jax.Array, State]:
+    """Encodes `batch['inputs']` and prefills both decoders with `batch['prompt']`:
+    (logits [B, V] of the first new token, {'s2s': s2s state, 'lm': LM state})."""
+    s2s_step, lm_step = _base_steps(model, zero_context)
+    with nn.intercept_methods(_hidden_not_logits):
+        s, s2s_state = s2s_step.init(params["s2s"], batch, max_len)
+        h, lm_state = lm_step.init(params["lm"], {"prompt": batch["prompt"]}, max_len)
+    return _fused_logits(model, params, s, h), {"s2s": s2s_state, "lm": lm_state}
+
+
+def decode_step(
+    model: FusedSeq2Seq,
+    params: Params,
+    state: State,
+    tokens: jax.Array,
+    zero_context: bool = False,
+) -> tuple[jax.Array, State]:
+    """Feeds tokens [B] to both decoders: (fused logits [B, V] of the next token, new state)."""
+    s2s_step, lm_step = _base_steps(model, zero_context)
+    with nn.intercept_methods(_hidden_not_logits):
+        s, s2s_state = s2s_step.step(params["s2s"], state["s2s"], tokens)
+        h, lm_state = lm_step.step(params["lm"], state["lm"], tokens)
+    return _fused_logits(model, params, s, h), {"s2s": s2s_state, "lm": lm_state}
