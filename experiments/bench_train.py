@@ -415,19 +415,26 @@ def block_key(args) -> str:
 
 def write_benchmarks(path: Path, key: str, block: str) -> None:
     """Replaces this key's generated block inside the section (creating either as needed)."""
-    begin, end = f"<!-- bench_train:begin {key} -->", f"<!-- bench_train:end {key} -->"
+    write_generated_block(path, SECTION, "bench_train", key, block)
+
+
+def write_generated_block(path: Path, section: str, script: str, key: str, block: str) -> None:
+    """Replaces the block between `<!-- {script}:begin {key} -->` and its end marker inside
+    `section` of a markdown file, creating the block, the section or the file as needed.
+    Shared by the benchmark scripts; each keeps its own section and markers."""
+    begin, end = f"<!-- {script}:begin {key} -->", f"<!-- {script}:end {key} -->"
     generated = f"{begin}\n{block}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + generated + rest.split(end, 1)[1]
-    elif SECTION in text:
-        head, rest = text.split(SECTION, 1)
+    elif section in text:
+        head, rest = text.split(section, 1)
         nxt = rest.find("\n## ")  # the end of this section
         body, tail = (rest, "") if nxt < 0 else (rest[:nxt], rest[nxt:])
-        text = head + SECTION + body.rstrip("\n") + f"\n\n{generated}\n" + tail
+        text = head + section + body.rstrip("\n") + f"\n\n{generated}\n" + tail
     else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{generated}\n"
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{generated}\n"
     path.write_text(text)
 
 

@@ -83,19 +83,33 @@ def _prompt_layout(prompt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return tokens, segments, positions
 
 
-# Transformer: the cache is kept batch-major ([B, L, N, S, H]) so beam search can gather it along
-# axis 0 like any other state; the model wants [L, B, ...], so steps move the axis back and forth.
+# Transformer: the state must be batch-major so beam search can gather it along axis 0. An
+# unscanned model keeps one [B, N, S, H] array pair per layer, which steps update in place; a
+# scanned model's stacked [L, B, ...] cache is moved to [B, L, ...] and back at each step.
+def _to_state(cache, scanned: bool):
+    if not scanned:
+        return {"layers": cache["layers"], "segment_ids": cache["segment_ids"]}
+    return {"k": jnp.moveaxis(cache["k"], 1, 0), "v": jnp.moveaxis(cache["v"], 1, 0),
+            "segment_ids": cache["segment_ids"]}
+
+
+def _to_cache(state, scanned: bool):
+    if not scanned:
+        return {"layers": state["layers"], "segment_ids": state["segment_ids"]}
+    return {"k": jnp.moveaxis(state["k"], 0, 1), "v": jnp.moveaxis(state["v"], 0, 1),
+            "segment_ids": state["segment_ids"]}
+
+
 def _transformer_init(model: TransformerLM, params: Params, batch: Batch, max_len: int):
     tokens, segments, positions = _prompt_layout(batch["prompt"])
     b, p = tokens.shape
-    cache = model.init_cache(b, max_len)
+    scanned = model.cfg.scan_layers
+    cache = model.init_cache(b, max_len, per_layer=not scanned)
     logits, cache = model.apply(
         {"params": params}, tokens, segment_ids=segments, positions=positions, cache=cache, cache_index=0
     )
     state = {
-        "k": jnp.moveaxis(cache["k"], 1, 0),
-        "v": jnp.moveaxis(cache["v"], 1, 0),
-        "segment_ids": cache["segment_ids"],
+        **_to_state(cache, scanned),
         "position": positions[:, -1] + 1,  # next position per row (rows differ when padded)
         "index": jnp.asarray(p, jnp.int32),  # next cache slot, the same for every row
     }
@@ -103,22 +117,16 @@ def _transformer_init(model: TransformerLM, params: Params, batch: Batch, max_le
 
 
 def _transformer_step(model: TransformerLM, params: Params, state: State, tokens: jax.Array):
-    cache = {
-        "k": jnp.moveaxis(state["k"], 0, 1),
-        "v": jnp.moveaxis(state["v"], 0, 1),
-        "segment_ids": state["segment_ids"],
-    }
+    scanned = model.cfg.scan_layers
     logits, cache = model.apply(
         {"params": params},
         tokens[:, None].astype(jnp.int32),
         positions=state["position"][:, None],
-        cache=cache,
+        cache=_to_cache(state, scanned),
         cache_index=state["index"],
     )
     new_state = {
-        "k": jnp.moveaxis(cache["k"], 1, 0),
-        "v": jnp.moveaxis(cache["v"], 1, 0),
-        "segment_ids": cache["segment_ids"],
+        **_to_state(cache, scanned),
         "position": state["position"] + 1,
         "index": state["index"] + 1,
     }

@@ -258,12 +258,23 @@ class Attention(nn.Module):
             ck = lax.dynamic_update_slice(layer_cache["k"], k.transpose(0, 2, 1, 3).astype(layer_cache["k"].dtype), start)
             cv = lax.dynamic_update_slice(layer_cache["v"], v.transpose(0, 2, 1, 3).astype(layer_cache["v"].dtype), start)
             new_cache = {"k": ck, "v": cv}
-            k, v = ck.transpose(0, 2, 1, 3).astype(dt), cv.transpose(0, 2, 1, 3).astype(dt)
-
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=is_causal, implementation=c.attention_impl
-        )
+            out = cached_attention(q, ck.astype(dt), cv.astype(dt), mask)
+        else:
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, is_causal=is_causal, implementation=c.attention_impl
+            )
         return output_projection(c)(out), new_cache
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of a chunk q [B, T, N, H] over a cache k, v [B, N, S, H] in the cache's own
+    layout, so decoding never copies the whole cache into [B, S, N, H] at each step (that
+    transposed copy, every layer and step, was most of a batch-32 decode step's time on CPU)."""
+    scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32)).astype(q.dtype)
+    scores = jnp.einsum("btnh,bnsh->bnts", q * scale, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bnsh->btnh", probs, v)
 
 
 class MLP(nn.Module):
@@ -403,22 +414,33 @@ class TransformerLM(nn.Module):
         else:
             segs = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
             mask, new_segments = cached_attention_mask(cache["segment_ids"], segs, start)
-            is_causal, kv = False, {"k": cache["k"], "v": cache["v"]}
+            is_causal = False
+            kv = cache["layers"] if "layers" in cache else {"k": cache["k"], "v": cache["v"]}
 
         if c.scan_layers:
             x, new_kv = self.blocks(x, mask, positions, kv, cache_index, is_causal, deterministic)
         else:
             new_layers = []
             for i, block in enumerate(self.blocks):
-                layer_kv = None if kv is None else {"k": kv["k"][i], "v": kv["v"][i]}
+                if kv is None:
+                    layer_kv = None
+                elif isinstance(kv, list | tuple):  # per-layer arrays: updated in place
+                    layer_kv = kv[i]
+                else:
+                    layer_kv = {"k": kv["k"][i], "v": kv["v"][i]}
                 x, layer_kv = block(x, mask, positions, layer_kv, cache_index, is_causal, deterministic)
                 new_layers.append(layer_kv)
-            new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *new_layers)
+            if kv is None or isinstance(kv, list | tuple):
+                new_kv = new_layers
+            else:
+                new_kv = jax.tree.map(lambda *a: jnp.stack(a), *new_layers)
 
         if c.norm == "pre":
             x = self.ln_f(x)
         if cache is None:
             return x
+        if isinstance(new_kv, list):
+            return x, {"layers": new_kv, "segment_ids": new_segments}
         return x, {"k": new_kv["k"], "v": new_kv["v"], "segment_ids": new_segments}
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
@@ -429,17 +451,24 @@ class TransformerLM(nn.Module):
             logits = self.lm_head(hidden)
         return constrain(logits, ("batch", "length", "vocab"))
 
-    def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
-        """An empty KV cache (see the module docstring). Needs no params: call it unbound."""
+    def init_cache(self, batch_size: int, max_len: int | None = None, per_layer: bool = False) -> Cache:
+        """An empty KV cache (see the module docstring). Needs no params: call it unbound.
+
+        `per_layer=True` (unscanned models) gives `{'layers': [{'k', 'v'} per layer],
+        'segment_ids'}` with [B, N, S, H] arrays: each step then writes one slot of each
+        layer's arrays in place, where the stacked [L, ...] layout re-stacks the whole cache.
+        """
         c = self.cfg
         slots = max_len or c.max_len
-        shape = (c.num_layers, batch_size, c.num_heads, slots, c.head_size)
         dt = compute_dtype(c.dtype)
-        return {
-            "k": jnp.zeros(shape, dt),
-            "v": jnp.zeros(shape, dt),
-            "segment_ids": jnp.zeros((batch_size, slots), jnp.int32),
-        }
+        segments = jnp.zeros((batch_size, slots), jnp.int32)
+        if per_layer:
+            shape = (batch_size, c.num_heads, slots, c.head_size)
+            layers = [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+                      for _ in range(c.num_layers)]
+            return {"layers": layers, "segment_ids": segments}
+        shape = (c.num_layers, batch_size, c.num_heads, slots, c.head_size)
+        return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "segment_ids": segments}
 
 
 def stack_layers(params: dict[str, Any]) -> dict[str, Any]:
