@@ -15,16 +15,12 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[demo,test,interop]'
 	touch $(STAMP)
 
-DEMO_LM := workdirs/demo_lm_transformer
-
-# Prepare the Bible data and tokenizer, train a tiny Transformer LM, evaluate and inspect it.
-# A rerun reuses the prepared data and the finished checkpoint.
+# Prepare the Bible data and tokenizer, train a tiny LM and a tiny YLT -> ASV seq2seq model,
+# decode with and without shallow fusion, print the table and write workdirs/demo/demo.png.
+# A rerun reuses the prepared data, the finished checkpoints and the decoded outputs.
 demo: $(STAMP)
-	$(BIN)/lmfuse data prepare --config configs/lm_transformer.py:tiny
-	$(BIN)/lmfuse data show --config configs/lm_transformer.py:tiny --n 2
-	$(BIN)/lmfuse train --config configs/lm_transformer.py:tiny --workdir $(DEMO_LM)
-	$(BIN)/lmfuse eval --workdir $(DEMO_LM) --split validation
-	$(BIN)/lmfuse inspect --workdir $(DEMO_LM)
+	$(BIN)/lmfuse data prepare --config configs/s2s_transformer.py:tiny
+	$(BIN)/python experiments/demo.py --workdir workdirs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q --durations=15
