@@ -7,6 +7,8 @@
     lmfuse inspect --workdir W
     lmfuse sample  --workdir W --prompt "..." [--max_len N --temperature T --top_k K --beam K ...]
     lmfuse translate --workdir W [--input F | --split test] [--output F] [--beam K]
+    lmfuse experiment experiments/E.py [--budget cpu|gpu] [--workdir W] [--results R]
+                      [--set name=value ...] [--config.key=value ...]   (resumable grid)
 
 A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2.
 """
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_sample.add_parser(commands)
     cli_translate.add_parser(commands)
+    from lmfuse.experiments import cli as cli_experiment
+
+    cli_experiment.add_parser(commands)
     return parser
 
 
@@ -93,6 +98,10 @@ def run(argv: Sequence[str]) -> int:
         from lmfuse.train.loop import train
 
         train(config, args.workdir, progress=not args.no_progress)
+    elif args.command == "experiment":  # its --config overrides go to every run it trains
+        from lmfuse.experiments import cli as cli_experiment
+
+        return cli_experiment.run(args, overrides, list(argv))  # 1 if a cell failed
     elif args.command in ("sample", "translate"):
         if overrides:
             raise LmfuseError(

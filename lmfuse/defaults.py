@@ -64,6 +64,9 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     # Non-Bible corpora train on their own train text.
     c.versions = "all,rv1909"
     c.max_sentences = 2_000_000
+    # A trained SentencePiece model to use as it is ('' = train one from the data, or find it
+    # cached), so runs on different text (an LM and a seq2seq model) can share one vocabulary.
+    c.model_file = ""
     return c
 
 

@@ -307,9 +307,17 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     and the prepared files' sizes and times finds the model without reading it again.
     """
     tok_cfg = config.tokenizer
+    if tok_cfg.get("model_file"):
+        path = Path(tok_cfg.model_file).expanduser()
+        if not path.is_file():
+            raise LmfuseError(f"tokenizer.model_file {tok_cfg.model_file!r} does not exist; "
+                              "point it at a SentencePiece .model file, or set it to ''")
+        return Tokenizer(path)
     index_path = tokenizer_cache_dir(config) / "index.json"
+    # model_file is left out of the key, so models cached before it existed are still found.
+    settings = {k: v for k, v in tok_cfg.to_dict().items() if k != "model_file"}
     key = hashlib.sha256(
-        json.dumps([tok_cfg.to_dict(), _corpus_fingerprint(config)], sort_keys=True).encode()
+        json.dumps([settings, _corpus_fingerprint(config)], sort_keys=True).encode()
     ).hexdigest()
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     known = index_path.parent / index.get(key, "missing")

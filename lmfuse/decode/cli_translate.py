@@ -1,6 +1,7 @@
 """`lmfuse translate`: decode a file or a dataset split with a trained seq2seq workdir.
 
-    lmfuse translate --workdir W [--input F | --split test] [--output F] [--beam K --alpha A]
+    lmfuse translate --workdir W [--input F | --split test] [--output F] [--step S]
+                     [--beam K --alpha A]
                      [--max_len N] [--batch_size B]
                      [--fusion shallow|density_ratio|ilme --lm W_LM --lm_weight λ
                       --source_lm W_SRC --source_lm_weight λ2 --ilm_weight μ --length_reward r]
@@ -30,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="translate and score a split of the workdir's dataset")
     p.add_argument("--output", default=None,
                    help="hypotheses file (default: <workdir>/translate_<split>.txt, or stdout)")
+    p.add_argument("--step", type=int, default=0, help="checkpoint step (0: the latest)")
     p.add_argument("--beam", type=int, default=0, help="beam size (0: config.decode.beam_size)")
     p.add_argument("--alpha", type=float, default=None, help="GNMT length penalty")
     p.add_argument("--max_len", type=int, default=0, help="tokens to generate (0: from config)")
@@ -60,7 +62,7 @@ def _check(args: argparse.Namespace) -> None:
         args.split = "test"
     if args.input is not None and not Path(args.input).is_file():
         raise LmfuseError(f"--input {args.input} does not exist")
-    for flag in ("beam", "max_len", "batch_size"):
+    for flag in ("step", "beam", "max_len", "batch_size"):
         if getattr(args, flag) < 0:
             raise LmfuseError(f"--{flag}={getattr(args, flag)} must be >= 0")
 
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
     from lmfuse.models.registry import SEQ2SEQ_NAMES
     from lmfuse.train.workdir import load_trained
 
-    trainer, state, step = load_trained(args.workdir)
+    trainer, state, step = load_trained(args.workdir, args.step or None)
     config = trainer.config
     if config.model.name not in SEQ2SEQ_NAMES:
         raise LmfuseError(

@@ -42,6 +42,10 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Trainer,
     trainer = build_trainer(config, load_workdir_tokenizer(workdir))
     manager = checkpoint.make_manager(workdir, read_only=True)
     step = manager.latest_step() if step is None else step
+    if step not in manager.all_steps():
+        steps = ", ".join(map(str, manager.all_steps())) or "none"
+        manager.close()
+        raise LmfuseError(f"{workdir} has no checkpoint at step {step} (kept steps: {steps})")
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state))
     )

@@ -1,0 +1,199 @@
+"""`lmfuse experiment experiments/fusion_ablation.py` end to end on real verse pairs, with tiny
+models: a 3-cell grid (none, shallow fusion, and a cold-fusion cell whose override cannot
+work) writes its tables and plots, a rerun skips the finished cells without training anything,
+and mistakes are one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli, tiny_s2s_overrides
+
+from lmfuse.cli import run
+from lmfuse.errors import LmfuseError
+from lmfuse.experiments.settings import parse_settings
+
+EXPERIMENT = "experiments/fusion_ablation.py"
+LAMBDAS = (0.2, 0.5)
+STEPS = 20
+
+
+def grid_args(corpus: dict[str, str], root: Path) -> list[str]:
+    # cold_dim=0 only matters to cold fusion: that cell fails, the others must not notice.
+    overrides = tiny_s2s_overrides(corpus, **{"train.steps": STEPS, "fusion.cold_dim": 0,
+                                              "decode.beam_size": 2})
+    # The experiment spaces its checkpoints itself (--set checkpoints=2: steps 10 and 20).
+    overrides = [o for o in overrides if not o.startswith("--config.train.checkpoint_every=")]
+    return ["experiment", EXPERIMENT, "--workdir", str(root / "work"), "--results",
+            str(root / "results"), "--set", "fractions=100", "--set", "backbones=transformer",
+            "--set", "methods=none,shallow,cold", "--set", "eval_sentences=12",
+            "--set", "lambdas=" + ",".join(map(str, LAMBDAS)), "--set", "checkpoints=2",
+            *overrides]
+
+
+def fast_cli(args: list[str]):
+    # Tiny models spend most of their time compiling; LLVM's optimisation level changes only
+    # how fast the compiled code runs, not what it computes.
+    return run_cli(args, env={"XLA_FLAGS": "--xla_backend_optimization_level=0"})
+
+
+def run_grid(args: list[str]) -> tuple[int, str]:
+    result = fast_cli(args)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, result.stdout
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(encoding="utf-8") as f:
+        return {row["method"]: row for row in csv.DictReader(f)}
+
+
+def checkpoint_mtimes(work: Path) -> dict[str, int]:
+    return {str(p.relative_to(work)): p.stat().st_mtime_ns
+            for p in work.glob("*/checkpoints/**/*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def grid(pair_corpus, tmp_path_factory):
+    """The grid run twice in one workdir: (first run, rerun) outputs and the csv rows."""
+    root = tmp_path_factory.mktemp("ablation")
+    first = run_grid(grid_args(pair_corpus, root))
+    rows = read_csv(root / "results" / "fusion_ablation.csv")
+    mtimes = checkpoint_mtimes(root / "work")
+    second = run_grid(grid_args(pair_corpus, root))
+    return {"root": root, "first": first, "second": second, "rows": rows, "mtimes": mtimes,
+            "rerun_rows": read_csv(root / "results" / "fusion_ablation.csv")}
+
+
+def test_the_grid_writes_tables_and_plots_with_real_scores(grid):
+    code, out = grid["first"]
+    assert code == 1  # one cell failed, the grid finished
+    results = grid["root"] / "results"
+    for name in ("fusion_ablation.md", "fusion_ablation.csv", "fusion_ablation_sweeps.csv"):
+        assert (results / name).stat().st_size > 0
+    for name in ("fusion_ablation_bleu.png", "fusion_ablation_lambda.png"):
+        assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = grid["rows"]
+    assert set(rows) == {"none", "shallow", "cold"}
+    for method in ("none", "shallow"):
+        row = rows[method]
+        assert row["status"] == "ok" and row["fraction"] == "100"
+        for key in ("val_bleu", "test_bleu", "test_chrf", "test_pinc"):
+            assert 0 <= float(row[key]) <= 100 and math.isfinite(float(row[key]))
+        assert int(row["step"]) in (STEPS // 2, STEPS)  # two kept checkpoints to choose from
+        assert row["commands"].startswith("lmfuse train --config configs/")
+        assert "lmfuse translate" in row["commands"]
+    assert float(rows["shallow"]["lambda"]) in LAMBDAS
+    assert rows["shallow"]["step"] == rows["none"]["step"]  # fuses none's chosen checkpoint
+    assert "--fusion shallow" in rows["shallow"]["commands"]
+    assert math.isfinite(float(rows["shallow"]["lm_perplexity"]))
+    assert rows["none"]["lambda"] == "" and rows["none"]["lm_perplexity"] == ""
+    assert "[1/3] f100-transformer-none: ok" in out
+
+
+def test_choices_are_the_best_validation_points_of_the_stored_sweeps(grid):
+    with (grid["root"] / "results" / "fusion_ablation_sweeps.csv").open(encoding="utf-8") as f:
+        sweeps = list(csv.DictReader(f))
+    for method, kind, values in (("shallow", "lambda", LAMBDAS), ("none", "step", (10, 20))):
+        points = [p for p in sweeps if p["method"] == method]
+        assert [float(p["value"]) for p in points] == list(values)
+        assert all(p["kind"] == kind for p in points)
+        (chosen,) = [p for p in points if p["chosen"] == "yes"]
+        assert float(chosen["val_bleu"]) == max(float(p["val_bleu"]) for p in points)
+        row = grid["rows"][method]
+        assert chosen["value"] == row["lambda" if kind == "lambda" else "step"]
+        assert chosen["val_bleu"] == row["val_bleu"]
+
+
+def test_a_failing_cell_is_recorded_and_the_others_finish(grid):
+    cold = grid["rows"]["cold"]
+    assert cold["status"] == "failed" and "cold_dim" in cold["error"]
+    assert cold["test_bleu"] == cold["val_bleu"] == cold["commands"] == ""
+    md = (grid["root"] / "results" / "fusion_ablation.md").read_text(encoding="utf-8")
+    assert "| cold | failed: " in md and "cold_dim" in md
+    assert "cpu budget" in md and "BLEU signature: `nrefs:1" in md and "device: " in md
+    assert "first 12 verses" in md and "lmfuse experiment experiments/fusion_ablation.py" in md
+    log = (grid["root"] / "work" / "cells" / "f100-transformer-cold.log").read_text()
+    assert "Traceback" in log and "cold_dim" in log
+
+
+def test_a_rerun_skips_finished_cells_and_retries_failed_ones(grid):
+    code, out = grid["second"]
+    assert code == 1
+    assert "[1/3] f100-transformer-none: skipped" in out
+    assert "[2/3] f100-transformer-shallow: skipped" in out
+    assert "[3/3] f100-transformer-cold: running (retrying a failed cell)" in out
+    assert "done: step" not in out  # nothing was trained
+    work = grid["root"] / "work"
+    assert grid["mtimes"] and checkpoint_mtimes(work) == grid["mtimes"]
+    for method in ("none", "shallow"):
+        assert grid["rerun_rows"][method] == grid["rows"][method]
+
+
+def test_a_recorded_train_command_is_a_no_op_on_its_finished_workdir(grid):
+    """The commands in the table reproduce the runs: `lmfuse train` with the shared LM's
+    recorded command finds the same config in its workdir and trains nothing."""
+    command = grid["rows"]["shallow"]["commands"].split(" && ")[0]
+    args = shlex.split(command)
+    assert args[:2] == ["lmfuse", "train"] and "lm_target" in command
+    workdir = Path(args[args.index("--workdir") + 1])
+    before = checkpoint_mtimes(workdir.parent)
+    result = fast_cli([*args[1:], "--no_progress"])
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {workdir} from step {STEPS}" in result.stdout
+    assert checkpoint_mtimes(workdir.parent) == before
+
+
+def test_a_recorded_translate_command_reproduces_the_cells_test_output(grid):
+    """The shallow cell's test command (its checkpoint, fusion flags and λ) writes the very
+    hypotheses the runner scored."""
+    command = grid["rows"]["shallow"]["commands"].split(" && ")[-1]
+    args = shlex.split(command)
+    assert args[:2] == ["lmfuse", "translate"] and "--fusion" in args and "--step" in args
+    output = Path(args[args.index("--output") + 1])
+    scored = output.read_text(encoding="utf-8")
+    assert len(scored.splitlines()) == 12
+    output.unlink()
+    result = fast_cli(args[1:])
+    assert result.returncode == 0, result.stderr
+    assert output.read_text(encoding="utf-8") == scored
+
+
+def test_translate_names_the_kept_steps_for_a_missing_one(grid):
+    workdir = grid["root"] / "work" / "s2s_transformer_f100"
+    result = run_cli(["translate", "--workdir", str(workdir), "--step", "7", "--split", "test"])
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "no checkpoint at step 7 (kept steps: 10, 20)" in result.stderr
+
+
+def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
+    args = grid_args(pair_corpus, grid["root"])
+    args[args.index("eval_sentences=12")] = "eval_sentences=5"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the experiment names its configs relative to the repository
+        with pytest.raises(LmfuseError, match="eval_sentences"):
+            run(args)
+
+
+def test_an_unknown_setting_is_a_one_line_error_listing_the_valid_ones(tmp_path):
+    result = run_cli(["experiment", EXPERIMENT, "--workdir", str(tmp_path / "w"),
+                      "--set", "fractoins=5"])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "unknown setting 'fractoins'" in result.stderr
+    assert "fractions" in result.stderr and "methods" in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_settings_take_their_defaults_types():
+    defaults = {"fractions": (1.0, 5.0), "methods": ("none",), "eval_sentences": 200}
+    parsed = parse_settings(defaults, {"fractions": "5, 20", "methods": "none,shallow",
+                                       "eval_sentences": "0"})
+    assert parsed == {"fractions": (5.0, 20.0), "methods": ("none", "shallow"),
+                      "eval_sentences": 0}
+    with pytest.raises(LmfuseError, match="expects int"):
+        parse_settings(defaults, {"eval_sentences": "many"})
