@@ -18,32 +18,29 @@ cells are skipped, trained models reused, failed cells retried. `--set` changes 
 below; `--config.key=value` goes to every training run (whose config has the key).
 """
 
-from lmfuse.errors import LmfuseError
 from lmfuse.experiments import fusion_cells
-from lmfuse.experiments.artifacts import override
 from lmfuse.experiments.fusion_report import write_report
 from lmfuse.experiments.runner import Experiment
-from lmfuse.experiments.settings import parse_settings
+from lmfuse.experiments.settings import check_at_least, parse_settings
+from lmfuse.experiments.sizes import size_overrides
 
 NAME = "fusion_ablation"
 
-# Every size of both budgets, in one place. `cpu`: the tiny configs with fewer steps and the
-# first `eval_sentences` verses of validation and test. The whole grid is 72 cells: 4 LMs, 32
-# encoder-decoders trained from scratch (8 plain, 24 with the frozen LM), 16 fine-tuned from a
-# plain one, and 264 beam-search decodes of 200 verses. Measured on a 2-core CPU (tiny models:
-# an RNN step about 1.5 s, a Transformer step about 0.4 s, a decode 30-50 s), that is 12-15
-# hours, most of it training the RNNs. `gpu`: the full configs and the full splits.
+# Every size of both budgets, in one place. `cpu`: the tiny configs with few steps and the
+# first `eval_sentences` verses of validation and test: about 40 minutes per (fraction,
+# backbone) on a 2-core CPU, so a fraction or two at a time (`--set fractions=5`) rather than
+# the 72-cell grid at once. `gpu`: the full configs and the full splits.
 SIZES = {
     "cpu": {
         "variant": "tiny",
         "lm_steps": 300,  # configs/lm_transformer.py:tiny
         "lm_seq_len": 96,  # as long as the tiny encoder-decoders' outputs (tiny LM: 64)
-        "s2s_steps": 1000,  # every encoder-decoder trained from scratch (tiny config: 1500)
-        "deep_steps": 500,  # deep / linear fusion, from the plain encoder-decoder
-        "linear_steps": 300,
+        "s2s_steps": 250,  # every encoder-decoder trained from scratch (tiny config: 400)
+        "deep_steps": 100,  # deep / linear fusion, from the plain encoder-decoder
+        "linear_steps": 100,
         "beam_size": 4,
         "checkpoints": 2,  # kept per encoder-decoder, chosen between on validation BLEU
-        "eval_sentences": 200,  # first N verses of validation and of test
+        "eval_sentences": 100,  # first N verses of validation and of test
     },
     "gpu": {
         "variant": None,
@@ -75,19 +72,7 @@ def defaults(budget: str) -> dict:
 
 def plan(budget: str, settings: dict) -> fusion_cells.Plan:
     sizes = SIZES[budget]
-
-    def steps(n: int) -> tuple[str, ...]:
-        return (override("train.steps", n),) if n else ()
-
-    s2s = steps(sizes["s2s_steps"])
-    if budget == "cpu":  # validation is scored at the checkpoints, not during training
-        s2s += (override("train.eval_every", 0),)
-    if sizes["beam_size"]:
-        s2s += (override("decode.beam_size", sizes["beam_size"]),)
-    lm = steps(sizes["lm_steps"])
-    if sizes["lm_seq_len"]:  # fused decoding and training run the LM over whole outputs
-        lm += tuple(override(key, sizes["lm_seq_len"])
-                    for key in ("data.seq_len", "data.max_length", "model.max_len"))
+    s2s, lm = size_overrides(budget, sizes)
     return fusion_cells.Plan(
         variant=sizes["variant"],
         lm_overrides=lm,
@@ -101,9 +86,7 @@ def plan(budget: str, settings: dict) -> fusion_cells.Plan:
 
 def get_experiment(budget: str, settings: dict) -> Experiment:
     parsed = parse_settings(defaults(budget), settings)
-    for name, least in (("checkpoints", 1), ("eval_sentences", 0)):
-        if parsed[name] < least:
-            raise LmfuseError(f"setting {name}={parsed[name]} must be at least {least}")
+    check_at_least(parsed, {"checkpoints": 1, "eval_sentences": 0})
     sizes = plan(budget, parsed)
     cells = fusion_cells.build_cells(sizes, parsed["fractions"], parsed["backbones"],
                                      parsed["methods"])

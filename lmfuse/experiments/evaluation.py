@@ -5,6 +5,7 @@
     decode_and_score(trainer, params, flags, evalset)
         -> score_translations(...) of the beam-search hypotheses, plus the hypotheses
     pick(points, 'bleu')                      the point with the best validation score
+    device_description()                      the accelerator, for reports
 
 Decoding is `lmfuse translate`'s: the same options from the workdir's decode config, the same
 fusion setup (`build_decode_fusion`), the same scores.
@@ -110,9 +111,19 @@ def pick(points: Sequence[dict[str, Any]], metric: str = "bleu") -> dict[str, An
     return best
 
 
-SCORE_KEYS = ("bleu", "chrf", "rouge_l", "pinc", "copy_bleu", "num_sentences")
+SCORE_KEYS = ("bleu", "chrf", "rouge_l", "pinc", "copy_bleu", "copy_chrf", "copy_pinc",
+              "num_sentences")
 
 
 def brief(scores: dict[str, Any]) -> dict[str, Any]:
     """The scores a result keeps (no hypotheses, no signatures: those are kept once)."""
     return {k: scores[k] for k in SCORE_KEYS}
+
+
+def device_description() -> str:
+    """The accelerator decoding runs on, as reports name it (a resumed grid may span several)."""
+    import jax
+
+    device = jax.devices()[0]
+    return (f"{device.device_kind} ({device.platform}, {jax.device_count()} device(s), "
+            f"JAX {jax.__version__})")

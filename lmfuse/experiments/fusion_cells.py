@@ -29,22 +29,31 @@ once at the choice. Every validation point is kept in the cell's result.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import time
-from pathlib import Path
 from typing import Any
 
 from lmfuse.errors import LmfuseError
-from lmfuse.experiments.artifacts import (
-    TrainRun,
-    applicable,
-    check_overrides_apply,
-    ensure_trained,
-    override,
+from lmfuse.experiments.artifacts import TrainRun, ensure_trained, override
+from lmfuse.experiments.cell_decoding import (
+    Evaluation,
+    chosen_checkpoint,
+    decode_time_cell,
+    finish,
+    plain_cell,
+    point,
+    selection,
 )
-from lmfuse.experiments.ledger import write_json
 from lmfuse.experiments.runner import Cell, RunContext
+from lmfuse.experiments.shared_models import (
+    cadence,
+    check_user_overrides,
+    corpus_plan,
+    pin_tokenizer,
+    text_lm_data,
+    trained,
+    trained_lm,
+    user_config,
+    user_overrides,
+)
 
 DECODE_TIME = ("shallow", "density_ratio", "ilme")
 TRAINED = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear")
@@ -104,16 +113,8 @@ def build_cells(plan: Plan, fractions, backbones, methods) -> list[Cell]:
 
 def check_overrides(plan: Plan, context: RunContext) -> None:
     """Every --config override names a key of some config here and has a valid value."""
-    from lmfuse.config import load_config
-
-    configs = [load_config(plan.spec(LM_CONFIG), plan.lm_overrides)]
-    configs += [load_config(plan.spec(p), plan.s2s_overrides) for p in BACKBONES.values()]
-    check_overrides_apply(context.overrides, configs)
-    load_config(plan.spec(LM_CONFIG), (*plan.lm_overrides,
-                                       *applicable(configs[0], context.overrides)))
-    for path, config in zip(BACKBONES.values(), configs[1:], strict=True):
-        load_config(plan.spec(path), (*plan.s2s_overrides,
-                                      *applicable(config, context.overrides)))
+    check_user_overrides(context, [(plan.spec(LM_CONFIG), plan.lm_overrides)]
+                         + [(plan.spec(p), plan.s2s_overrides) for p in BACKBONES.values()])
 
 
 def _cell_function(plan: Plan, percent: float, backbone: str, method: str):
@@ -128,10 +129,8 @@ def _cell_function(plan: Plan, percent: float, backbone: str, method: str):
 # The runs: configs and overrides (budget sizes, then the user's, then what defines the run)
 
 
-def _user(ctx: RunContext, spec: str, base: tuple[str, ...]) -> tuple[str, ...]:
-    from lmfuse.config import load_config
-
-    return applicable(load_config(spec, base), ctx.overrides)
+def _evaluation(ctx: RunContext, plan: Plan) -> Evaluation:
+    return Evaluation(plan.eval_sentences, ctx.workdir / "eval")
 
 
 def _s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
@@ -140,7 +139,7 @@ def _s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     base = plan.s2s_overrides
     if method in TRAINED:
         base += _recipe(plan, method)
-    user = _user(ctx, spec, base)
+    user = user_overrides(ctx, spec, base)
     defining = [override("data.train_fraction", percent / 100)]
     if method in TRAINED:
         defining += [override("fusion.method", method),
@@ -149,8 +148,8 @@ def _s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
             defining.append(override("fusion.s2s_workdir",
                                      _s2s_run(ctx, plan, percent, backbone).workdir))
     name = f"s2s_{backbone}" if method == "none" else f"{method}_{backbone}"
-    overrides = (*base, *_cadence(ctx, plan, spec, base, user), *user, *_pin(ctx, plan),
-                 *defining)
+    overrides = (*base, *cadence(spec, (*base, *user), plan.checkpoints), *user,
+                 *pin_tokenizer(_data(ctx, plan)), *defining)
     return TrainRun(spec, str(ctx.workdir / f"{name}_{fraction_label(percent)}"), overrides)
 
 
@@ -167,187 +166,36 @@ def _recipe(plan: Plan, method: str) -> tuple[str, ...]:
             *([override("train.steps", steps)] if steps else []))
 
 
-def _cadence(ctx: RunContext, plan: Plan, spec: str, base, user) -> tuple[str, ...]:
-    """`plan.checkpoints` evenly spaced checkpoints over the run's steps, all kept."""
-    from lmfuse.config import load_config
-
-    steps = load_config(spec, (*base, *user)).train.steps
-    every = max(1, math.ceil(steps / plan.checkpoints))
-    return (override("train.checkpoint_every", every),
-            override("train.keep_checkpoints", plan.checkpoints))
-
-
 def _lm_run(ctx: RunContext, plan: Plan, percent: float | None) -> TrainRun:
     """The target LM (percent None or 100) or the LM of fraction `percent`'s targets."""
     if percent == 100:
         percent = None
     spec = plan.spec(LM_CONFIG)
-    user = _user(ctx, spec, plan.lm_overrides)
-    data = ctx.shared("data", lambda: _data_plan(ctx, plan))
+    user = user_overrides(ctx, spec, plan.lm_overrides)
+    data = _data(ctx, plan)
     if data["bible"]:
-        defining = [override("data.versions", data["target"])]
+        defining = (override("data.versions", data["target"]),)
         if percent is not None:
-            defining.append(override("data.train_fraction", percent / 100))
+            defining += (override("data.train_fraction", percent / 100),)
     else:
-        files = data["lm_files"](percent)
-        defining = [override("data.corpus", "text"),
-                    *(override(f"data.files.{split}", path) for split, path in files.items())]
+        defining = text_lm_data(data, percent)
     name = "lm_target" if percent is None else f"lm_{fraction_label(percent)}"
     return TrainRun(spec, str(ctx.workdir / name),
-                    (*plan.lm_overrides, *user, *_pin(ctx, plan), *defining))
+                    (*plan.lm_overrides, *user, *pin_tokenizer(data), *defining))
 
 
-def _pin(ctx: RunContext, plan: Plan) -> tuple[str, ...]:
-    data = ctx.shared("data", lambda: _data_plan(ctx, plan))
-    return () if data["bible"] else (override("tokenizer.model_file", data["tokenizer"]),)
+def _s2s_config(ctx: RunContext, plan: Plan):
+    """The encoder-decoders' config as the user's overrides leave it (the data they read)."""
+    return user_config(ctx, plan.spec(BACKBONES["transformer"]), plan.s2s_overrides)
 
 
-def _data_plan(ctx: RunContext, plan: Plan) -> dict[str, Any]:
-    """What the parallel data is: the Bible (LMs read its lm view), or other files (LMs read
-    their target sides, written out here, and everything shares the s2s tokenizer)."""
-    from lmfuse.config import load_config
-
-    spec = plan.spec(BACKBONES["transformer"])
-    config = load_config(spec, (*plan.s2s_overrides,
-                                *_user(ctx, spec, plan.s2s_overrides)))
-    if config.data.corpus == "bible":
-        return {"bible": True, "target": config.data.target}
-    from lmfuse.data import corpora
-
-    with config.unlocked():
-        config.data.train_fraction = 1.0  # the vocabulary of all the training text
-    tokenizer = str(corpora.prepare(config).path)
-    directory = ctx.workdir / "data"
-
-    def lm_files(percent: float | None) -> dict[str, str]:
-        name = "all" if percent is None else fraction_label(percent)
-        files = {"train": _write_targets(config, "train", percent, directory / f"{name}.train.txt")}
-        for split in ("validation", "test"):
-            files[split] = _write_targets(config, split, None, directory / f"{split}.txt")
-        return files
-
-    return {"bible": False, "tokenizer": tokenizer, "lm_files": lm_files}
-
-
-def _write_targets(config, split: str, percent: float | None, path: Path) -> str:
-    from lmfuse.data import corpora
-
-    with config.unlocked():
-        config.data.train_fraction = 1.0 if percent is None else percent / 100
-    lines = [e["target"] for e in corpora.load_examples(config, split).dataset if e is not None]
-    text = "".join(" ".join(line.split()) + "\n" for line in lines)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared artifacts: trained once per experiment workdir, timed apart from the cells
-
-
-def _trained(ctx: RunContext, run: TrainRun) -> dict[str, Any]:
-    def make():
-        info = ensure_trained(run)
-        _record_artifact(ctx, Path(run.workdir).name, command=run.command(),
-                         train_seconds=info["trained_seconds"])
-        return info
-
-    return ctx.shared(f"trained:{run.workdir}", make)
-
-
-def _artifacts(ctx: RunContext) -> dict[str, dict[str, Any]]:
-    path = ctx.workdir / "artifacts.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _record_artifact(ctx: RunContext, name: str, **values) -> None:
-    """<workdir>/artifacts.json: each shared model's command, first training time, and the
-    LM's validation perplexity."""
-    path = ctx.workdir / "artifacts.json"
-    table = _artifacts(ctx)
-    entry = table.setdefault(name, {})
-    for key, value in values.items():
-        if key.endswith("seconds") and not value and entry.get(key):
-            continue  # found finished: keep the time it took when it was trained
-        entry[key] = round(value, 1) if isinstance(value, float) else value
-    write_json(path, table)
-
-
-def _target_lm(ctx: RunContext, plan: Plan) -> dict[str, Any]:
-    """The target LM's workdir, command and validation perplexity."""
-    def make():
-        run = _lm_run(ctx, plan, None)
-        name = Path(run.workdir).name
-        trained = _trained(ctx, run)["trained_seconds"]
-        artifacts = _artifacts(ctx)
-        perplexity = artifacts.get(name, {}).get("validation_perplexity")
-        if trained or perplexity is None:  # measured once per trained model
-            from lmfuse.experiments.evaluation import validation_perplexity
-            from lmfuse.train.workdir import load_trained
-
-            trainer, state, _ = load_trained(run.workdir)
-            perplexity = validation_perplexity(trainer, state.params)
-            _record_artifact(ctx, name, validation_perplexity=perplexity)
-        return {"workdir": run.workdir, "command": run.command(), "perplexity": perplexity}
-
-    return ctx.shared("lm_target", make)
-
-
-def _eval_sets(ctx: RunContext, plan: Plan, config) -> dict[str, Any]:
-    """Validation and test subsets (the same for every cell), also written as files."""
-    from lmfuse.experiments.evaluation import EvalSet
-
-    def make():
-        sets = {split: EvalSet.first(config, split, plan.eval_sentences)
-                for split in ("validation", "test")}
-        for evalset in sets.values():
-            evalset.write(ctx.workdir / "eval")
-        return sets
-
-    return ctx.shared("eval_sets", make)
-
-
-def _selection(ctx: RunContext, plan: Plan, run: TrainRun) -> dict[str, Any]:
-    """Every kept checkpoint of a trained run decoded on validation; the best by BLEU.
-    Cached in the workdir (recomputed when its checkpoints or the evaluation set change)."""
-    from lmfuse.experiments import evaluation as ev
-    from lmfuse.experiments.artifacts import kept_steps
-
-    steps = kept_steps(run.workdir)
-    key = {"steps": steps, "eval_sentences": plan.eval_sentences}
-    cache = Path(run.workdir) / "selection.json"
-    if cache.is_file():
-        stored = json.loads(cache.read_text(encoding="utf-8"))
-        if stored.get("key") == key:
-            return stored
-    start = time.perf_counter()
-    points = []
-    for step in steps:
-        trainer, params = ev.load_step(run.workdir, step)
-        validation = _eval_sets(ctx, plan, trainer.config)["validation"]
-        scores = ev.decode_and_score(trainer, params, _flags(None), validation)
-        points.append({"step": step, "val": ev.brief(scores),
-                       "val_perplexity": ev.validation_perplexity(trainer, params)})
-    result = {"key": key, "points": points, "step": ev.pick(points)["step"],
-              "seconds": round(time.perf_counter() - start, 1)}
-    write_json(cache, result)
-    return result
-
-
-def _plain_selection(ctx: RunContext, plan: Plan, percent: float, backbone: str):
-    run = _s2s_run(ctx, plan, percent, backbone)
-
-    def make():
-        _trained(ctx, run)
-        return _selection(ctx, plan, run)
-
-    return run, ctx.shared(f"selection:{run.workdir}", make)
+def _data(ctx: RunContext, plan: Plan) -> dict[str, Any]:
+    return corpus_plan(ctx, lambda: _s2s_config(ctx, plan))
 
 
 def _source_lm(ctx: RunContext, plan: Plan, percent: float) -> TrainRun:
     run = _lm_run(ctx, plan, percent)
-    _trained(ctx, run)
+    trained(ctx, run)
     return run
 
 
@@ -356,126 +204,43 @@ def _source_lm(ctx: RunContext, plan: Plan, percent: float) -> TrainRun:
 
 
 def _plain_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str) -> dict[str, Any]:
-    run, selection = _plain_selection(ctx, plan, percent, backbone)
-    chosen = _point(selection["points"], "step", selection["step"])
-    values = _finish(ctx, plan, run, selection["step"], None, chosen, selection["points"],
-                     commands=[run.command()], key=cell_key(percent, backbone, "none"))
-    # The model is shared (other cells decode it), but training and choosing it is this
-    # cell's work: its wall time counts them (as first measured, so reruns agree).
-    trained = _artifacts(ctx).get(Path(run.workdir).name, {}).get("train_seconds", 0.0)
-    values["attributed_seconds"] = round(trained + selection.get("seconds", 0.0), 1)
-    return values
+    return plain_cell(ctx, _evaluation(ctx, plan), _s2s_run(ctx, plan, percent, backbone),
+                      cell_key(percent, backbone, "none"))
 
 
 def _decode_time_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
                       method: str) -> dict[str, Any]:
-    from lmfuse.experiments import evaluation as ev
-
-    lm = _target_lm(ctx, plan)
-    run, selection = _plain_selection(ctx, plan, percent, backbone)
+    lm = trained_lm(ctx, _lm_run(ctx, plan, None))
+    run = _s2s_run(ctx, plan, percent, backbone)
+    evaluation = _evaluation(ctx, plan)
+    chosen_checkpoint(ctx, evaluation, run)  # the base model before the source LM, as listed
     source_lm = _source_lm(ctx, plan, percent) if method == "density_ratio" else None
-    step = selection["step"]
-    trainer, params = ev.load_step(run.workdir, step)
-    validation = _eval_sets(ctx, plan, trainer.config)["validation"]
-    points = []
-    for weight in plan.lambdas:
-        flags = _flags(method, lm["workdir"], weight, source_lm)
-        scores = ev.decode_and_score(trainer, params, flags, validation)
-        points.append({"lambda": weight, "val": ev.brief(scores)})
-    chosen = ev.pick(points)
-    flags = _flags(method, lm["workdir"], chosen["lambda"], source_lm)
-    commands = [lm["command"], *([source_lm.command()] if source_lm else []), run.command()]
-    values = _finish(ctx, plan, run, step, flags, chosen, points, commands,
-                     key=cell_key(percent, backbone, method), loaded=(trainer, params))
-    values["lm_perplexity"] = lm["perplexity"]
-    return values
+    return decode_time_cell(ctx, evaluation, run, lm, method, plan.lambdas,
+                            cell_key(percent, backbone, method), source_lm)
 
 
 def _trained_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
                   method: str) -> dict[str, Any]:
-    lm = _target_lm(ctx, plan)
+    lm = trained_lm(ctx, _lm_run(ctx, plan, None))
     commands = [lm["command"]]
     if method in PRETRAINED_S2S:
         base = _s2s_run(ctx, plan, percent, backbone)
-        _trained(ctx, base)
+        trained(ctx, base)
         commands.append(base.command())
     run = _s2s_run(ctx, plan, percent, backbone, method)
     ensure_trained(run)  # the cell's own training
-    selection = _selection(ctx, plan, run)
-    chosen = _point(selection["points"], "step", selection["step"])
-    values = _finish(ctx, plan, run, selection["step"], None, chosen, selection["points"],
-                     [*commands, run.command()], key=cell_key(percent, backbone, method))
+    evaluation = _evaluation(ctx, plan)
+    chosen = selection(ctx, evaluation, run)
+    values = finish(ctx, evaluation, run, chosen["step"], None,
+                    point(chosen["points"], "step", chosen["step"]), chosen["points"],
+                    [*commands, run.command()], key=cell_key(percent, backbone, method))
     values["lm_perplexity"] = lm["perplexity"]
     return values
 
 
-def _flags(method: str | None, lm: str | None = None, weight: float = 0.0,
-           source_lm: TrainRun | None = None):
-    """`lmfuse translate`'s fusion flags (method None: plain decoding)."""
-    from lmfuse.decode.fusion_setup import FusionFlags
-
-    if method is None:
-        return FusionFlags()
-    return FusionFlags(method, lm, weight, source_lm.workdir if source_lm else None)
-
-
-def _point(points: list[dict], field: str, value) -> dict:
-    return next(p for p in points if p[field] == value)
-
-
-def _finish(ctx: RunContext, plan: Plan, run: TrainRun, step: int, flags, chosen: dict,
-            points: list[dict], commands: list[str], key: str, loaded=None) -> dict[str, Any]:
-    """Decodes the test set at the choice; the cell's values, with its reproducing commands."""
-    from lmfuse.experiments import evaluation as ev
-
-    trainer, params = loaded or ev.load_step(run.workdir, step)
-    sets = _eval_sets(ctx, plan, trainer.config)
-    test = ev.decode_and_score(trainer, params, flags or _flags(None), sets["test"])
-    hypotheses = ctx.workdir / "cells" / f"{key}.test.hyp"
-    hypotheses.parent.mkdir(parents=True, exist_ok=True)
-    hypotheses.write_text("".join(h + "\n" for h in test["hypotheses"]), encoding="utf-8")
-    translate = [_translate_command(ctx, run.workdir, step, flags, sets[split], key)
-                 for split in ("validation", "test")]
-    return {
-        "step": step,
-        "lambda": flags.lm_weight if flags else None,
-        "val": chosen["val"],
-        "val_perplexity": chosen.get("val_perplexity"),
-        "test": ev.brief(test),
-        "lm_perplexity": None,
-        "sweep": points,
-        "eval_sentences": {s: len(sets[s].sources) for s in sets},
-        "bleu_signature": test["bleu_signature"],
-        "chrf_signature": test["chrf_signature"],
-        "beam_size": test["beam_size"],
-        "commands": [*dict.fromkeys(commands), *translate],
-    }
-
-
-def _translate_command(ctx: RunContext, workdir: str, step: int, flags, evalset, key: str) -> str:
-    import shlex
-
-    args = ["lmfuse", "translate", "--workdir", workdir, "--step", str(step)]
-    if evalset.limit:
-        source = ctx.workdir / "eval" / f"{evalset.name}.src"
-        output = ctx.workdir / "cells" / f"{key}.{evalset.split}.hyp"
-        args += ["--input", str(source), "--output", str(output)]
-    else:
-        args += ["--split", evalset.split]
-    if flags is not None:
-        args += ["--fusion", flags.method, "--lm", flags.lm, "--lm_weight", f"{flags.lm_weight:g}"]
-        if flags.source_lm:
-            args += ["--source_lm", flags.source_lm]
-    return shlex.join(args)
-
-
-
 def describe_task(plan: Plan, ctx: RunContext) -> str:
     """The parallel data in words, from the encoder-decoders' config."""
-    from lmfuse.config import load_config
-
-    spec = plan.spec(BACKBONES["transformer"])
-    data = load_config(spec, (*plan.s2s_overrides, *_user(ctx, spec, plan.s2s_overrides))).data
+    data = _s2s_config(ctx, plan).data
     if data.corpus == "bible":
         return (f"Bible style transfer {data.source.upper()} → {data.target.upper()} "
                 "(translate view; Carlson et al. 2018's split)")

@@ -12,12 +12,19 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
-from lmfuse.experiments.ledger import FAILED, OK, CellRecord
+from lmfuse.experiments.ledger import OK, CellRecord
+from lmfuse.experiments.report_parts import (
+    commands_lines,
+    csv_text,
+    fmt,
+    header_lines,
+    not_finished,
+    score,
+    shared_models_lines,
+)
 from lmfuse.experiments.runner import ReportInput
 
 NAME = "fusion_ablation"
@@ -37,8 +44,8 @@ def write_report(report: ReportInput, task: str) -> list[Path]:
              out / f"{NAME}_bleu.png", out / f"{NAME}_lambda.png"]
     rows = [cell_row(r) for r in report.records]
     paths[0].write_text(markdown(report, rows, task), encoding="utf-8")
-    paths[1].write_text(_csv(COLUMNS, rows), encoding="utf-8")
-    paths[2].write_text(_csv(SWEEP_COLUMNS, sweep_rows(report.records)), encoding="utf-8")
+    paths[1].write_text(csv_text(COLUMNS, rows), encoding="utf-8")
+    paths[2].write_text(csv_text(SWEEP_COLUMNS, sweep_rows(report.records)), encoding="utf-8")
     plot_bleu(report.records, paths[3])
     plot_lambda(report.records, paths[4])
     return paths
@@ -55,7 +62,7 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
                    lm_perplexity=v["lm_perplexity"], val_perplexity=v["val_perplexity"],
                    commands=" && ".join(v["commands"]))
         row["lambda"] = row.pop("lambda_")
-    return {k: _fmt(row.get(k)) for k in COLUMNS}
+    return {k: fmt(row.get(k)) for k in COLUMNS}
 
 
 def sweep_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
@@ -66,7 +73,7 @@ def sweep_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
         kind = "lambda" if record.labels["method"] in DECODE_TIME else "step"
         chosen = record.values[kind]
         for point in record.values["sweep"]:
-            rows.append({k: _fmt(v) for k, v in {
+            rows.append({k: fmt(v) for k, v in {
                 **record.labels, "kind": kind, "value": point[kind],
                 "chosen": point[kind] == chosen, "val_bleu": point["val"]["bleu"],
                 "val_chrf": point["val"]["chrf"], "val_pinc": point["val"]["pinc"],
@@ -74,45 +81,16 @@ def sweep_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4f}".rstrip("0").rstrip(".")  # 5.0 -> '5', 0.25 -> '0.25'
-    return str(value)
-
-
-def _csv(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 # ---------------------------------------------------------------------------------------------
 # Markdown
 
 
 def markdown(report: ReportInput, rows: list[dict[str, str]], task: str) -> str:
-    ok = [r for r in report.records if r.status == OK]
-    first = ok[0].values if ok else {}
-    sizes = first.get("eval_sentences", {})
-    limit = report.experiment.settings.get("eval_sentences", 0)
-    evaluation = (f"the first {limit} verses of each split in file order (validation "
-                  f"{sizes.get('validation', '?')}, test {sizes.get('test', '?')} sentences)"
-                  if limit else "the full validation and test splits")
     lines = [
         f"# Fusion ablation ({report.experiment.budget} budget)",
         "",
         f"- Task: {task}",
-        f"- Command: `{report.command}`",
-        f"- Date: {report.date}; device: {_device()}",
-        f"- Evaluation: {evaluation}; beam size {first.get('beam_size', '?')}",
-        f"- BLEU signature: `{first.get('bleu_signature', 'n/a')}`",
-        f"- chrF signature: `{first.get('chrf_signature', 'n/a')}`",
+        *header_lines(report),
         "- Selection on validation BLEU only: the checkpoint of each trained model (every kept "
         "one), and λ of each decode-time method over "
         f"{', '.join(f'{x:g}' for x in report.experiment.settings.get('lambdas', ()))} "
@@ -131,11 +109,10 @@ def markdown(report: ReportInput, rows: list[dict[str, str]], task: str) -> str:
     for record, row in zip(report.records, rows, strict=True):
         head = f"| {row['fraction']} | {row['backbone']} | {row['method']} "
         if record.status != OK:
-            what = (f"failed: {record.error}" if record.status == FAILED else "not run yet")
-            lines.append(head + f"| {what.replace('|', '/')} | | | | | | | | |")
+            lines.append(head + f"| {not_finished(record)} | | | | | | | | |")
             continue
         choice = f"step {row['step']}" + (f", λ {row['lambda']}" if row["lambda"] else "")
-        cells = [choice] + [_two(record, path) for path in (
+        cells = [choice] + [score(record, *path) for path in (
             ("val", "bleu"), ("val", "pinc"), ("test", "bleu"), ("test", "chrf"),
             ("test", "pinc"))]
         lm = record.values.get("lm_perplexity")
@@ -143,39 +120,9 @@ def markdown(report: ReportInput, rows: list[dict[str, str]], task: str) -> str:
         lines.append(head + "| " + " | ".join(cells) + " |")
     lines += ["", f"![test BLEU against data fraction]({NAME}_bleu.png)", "",
               f"![validation BLEU against λ]({NAME}_lambda.png)", ""]
-    lines += _shared_models(report)
-    lines += ["## Commands per cell", ""]
-    for record in report.records:
-        if record.status == OK:
-            lines += [f"{record.key}:", "", "```", *record.values["commands"], "```", ""]
+    lines += shared_models_lines(report)
+    lines += commands_lines(report)
     return "\n".join(lines)
-
-
-def _two(record: CellRecord, path: tuple[str, str]) -> str:
-    return f"{record.values[path[0]][path[1]]:.2f}"
-
-
-def _shared_models(report: ReportInput) -> list[str]:
-    import json
-
-    path = report.context.workdir / "artifacts.json"
-    if not path.is_file():
-        return []
-    table = json.loads(path.read_text(encoding="utf-8"))
-    lines = ["## Shared models", "", "| workdir | trained in s | validation ppl | command |",
-             "|---|---:|---:|---|"]
-    for name, entry in sorted(table.items()):
-        ppl = entry.get("validation_perplexity")
-        lines.append(f"| {name} | {entry.get('train_seconds', '')} | "
-                     f"{f'{ppl:.2f}' if ppl else ''} | `{entry.get('command', '')}` |")
-    return [*lines, ""]
-
-
-def _device() -> str:
-    import jax
-
-    device = jax.devices()[0]
-    return f"{device.device_kind} ({device.platform}, {jax.device_count()} device(s), JAX {jax.__version__})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,13 @@ def parse_settings(defaults: Mapping[str, Any], given: Mapping[str, str]) -> dic
     return settings
 
 
+def check_at_least(settings: Mapping[str, Any], least: Mapping[str, int]) -> None:
+    """Each named numeric setting is at least its bound."""
+    for name, bound in least.items():
+        if settings[name] < bound:
+            raise LmfuseError(f"setting {name}={settings[name]} must be at least {bound}")
+
+
 def _parse(name: str, raw: str, default: Any) -> Any:
     if isinstance(default, tuple):
         kind = type(default[0]) if default else str

@@ -11,7 +11,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, tiny_s2s_overrides
+from conftest import REPO, run_cli
+from grid_runs import checkpoint_mtimes, fast_cli, read_csv, run_grid, tiny_grid_overrides
 
 from lmfuse.cli import run
 from lmfuse.errors import LmfuseError
@@ -24,37 +25,14 @@ STEPS = 20
 
 def grid_args(corpus: dict[str, str], root: Path) -> list[str]:
     # cold_dim=0 only matters to cold fusion: that cell fails, the others must not notice.
-    overrides = tiny_s2s_overrides(corpus, **{"train.steps": STEPS, "fusion.cold_dim": 0,
-                                              "decode.beam_size": 2})
     # The experiment spaces its checkpoints itself (--set checkpoints=2: steps 10 and 20).
-    overrides = [o for o in overrides if not o.startswith("--config.train.checkpoint_every=")]
+    overrides = tiny_grid_overrides(corpus, **{"train.steps": STEPS, "fusion.cold_dim": 0,
+                                               "decode.beam_size": 2})
     return ["experiment", EXPERIMENT, "--workdir", str(root / "work"), "--results",
             str(root / "results"), "--set", "fractions=100", "--set", "backbones=transformer",
             "--set", "methods=none,shallow,cold", "--set", "eval_sentences=12",
             "--set", "lambdas=" + ",".join(map(str, LAMBDAS)), "--set", "checkpoints=2",
             *overrides]
-
-
-def fast_cli(args: list[str]):
-    # Tiny models spend most of their time compiling; LLVM's optimisation level changes only
-    # how fast the compiled code runs, not what it computes.
-    return run_cli(args, env={"XLA_FLAGS": "--xla_backend_optimization_level=0"})
-
-
-def run_grid(args: list[str]) -> tuple[int, str]:
-    result = fast_cli(args)
-    assert result.returncode in (0, 1), result.stderr
-    return result.returncode, result.stdout
-
-
-def read_csv(path: Path) -> dict[str, dict[str, str]]:
-    with path.open(encoding="utf-8") as f:
-        return {row["method"]: row for row in csv.DictReader(f)}
-
-
-def checkpoint_mtimes(work: Path) -> dict[str, int]:
-    return {str(p.relative_to(work)): p.stat().st_mtime_ns
-            for p in work.glob("*/checkpoints/**/*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")

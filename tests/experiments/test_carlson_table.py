@@ -1,0 +1,163 @@
+"""`lmfuse experiment experiments/carlson_table.py` end to end on real verse pairs with tiny
+models: one row (KJV→ASV user files) without and with shallow fusion writes its table with
+real scores and the λ chosen on validation, and a rerun skips both cells; the plans of both
+budgets name the paper-size configs and one LM per target version."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from grid_runs import checkpoint_mtimes, read_csv, run_grid, tiny_grid_overrides
+
+from lmfuse.errors import LmfuseError
+from lmfuse.experiments.runner import RunContext, load_experiment_file
+
+EXPERIMENT = "experiments/carlson_table.py"
+LAMBDAS = (0.2, 0.5)
+STEPS = 20
+SENTENCES = 12
+
+
+def grid_args(corpus: dict[str, str], root: Path) -> list[str]:
+    overrides = tiny_grid_overrides(corpus, **{"train.steps": STEPS, "decode.beam_size": 2})
+    return ["experiment", EXPERIMENT, "--workdir", str(root / "work"), "--results",
+            str(root / "results"), "--set", "rows=kjv_asv", "--set", "methods=none,shallow",
+            "--set", f"eval_sentences={SENTENCES}", "--set", "checkpoints=1",
+            "--set", "lambdas=" + ",".join(map(str, LAMBDAS)), *overrides]
+
+
+@pytest.fixture(scope="module")
+def table(pair_corpus, tmp_path_factory):
+    """The one-row table run twice in one workdir."""
+    root = tmp_path_factory.mktemp("carlson")
+    first = run_grid(grid_args(pair_corpus, root))
+    rows = read_csv(root / "results" / "carlson_table.csv")
+    mtimes = checkpoint_mtimes(root / "work")
+    second = run_grid(grid_args(pair_corpus, root))
+    return {"root": root, "first": first, "second": second, "rows": rows, "mtimes": mtimes,
+            "rerun_rows": read_csv(root / "results" / "carlson_table.csv")}
+
+
+def test_both_cells_finish(table):
+    code, out = table["first"]
+    assert code == 0 and table["second"][0] == 0
+    assert "[1/2] kjv_asv-none: ok" in out and "[2/2] kjv_asv-shallow: ok" in out
+    assert "carlson_table: 2/2 cells ok" in out
+
+
+def first_lines(path: str, n: int) -> list[str]:
+    return Path(path).read_text(encoding="utf-8").splitlines()[:n]
+
+
+def test_both_systems_have_real_scores_and_the_copy_baseline(table, pair_corpus):
+    from sacrebleu.metrics import BLEU
+
+    rows = table["rows"]
+    assert list(rows) == ["none", "shallow"]
+    source, reference = pair_corpus["test"].split("|")
+    copy_bleu = BLEU().corpus_score(first_lines(source, SENTENCES),
+                                    [first_lines(reference, SENTENCES)]).score
+    for row in rows.values():
+        assert (row["row"], row["source"], row["target"]) == ("kjv_asv", "kjv", "asv")
+        assert row["status"] == "ok" and row["error"] == ""
+        for key in ("test_bleu", "test_pinc", "test_chrf", "val_bleu"):
+            assert math.isfinite(float(row[key])) and 0 <= float(row[key]) <= 100
+        assert float(row["copy_bleu"]) == pytest.approx(copy_bleu, abs=1e-4)
+        assert row["copy_pinc"] == "0" and row["test_sentences"] == str(SENTENCES)
+        assert row["step"] == str(STEPS) and row["budget"] == "cpu" and row["date"]
+        assert row["bleu_signature"].startswith("nrefs:1|") and row["device"]
+        assert "lmfuse train --config configs/s2s_transformer.py:tiny" in row["commands"]
+    assert rows["none"]["lambda"] == "" and rows["none"]["lm_perplexity"] == ""
+    assert math.isfinite(float(rows["shallow"]["lm_perplexity"]))
+
+
+def test_shallow_fuses_the_target_lm_at_the_best_validation_lambda(table):
+    row = table["rows"]["shallow"]
+    cell = json.loads((table["root"] / "work" / "cells" / "kjv_asv-shallow.json").read_text())
+    sweep = cell["values"]["sweep"]
+    assert [p["lambda"] for p in sweep] == list(LAMBDAS)
+    best = max(sweep, key=lambda p: p["val"]["bleu"])  # the first of equals, as pick() keeps
+    assert float(row["lambda"]) == best["lambda"] in LAMBDAS
+    assert float(row["val_bleu"]) == pytest.approx(best["val"]["bleu"], abs=1e-4)
+    commands = row["commands"].split(" && ")
+    lm = table["root"] / "work" / "lm_asv"
+    assert commands[0].startswith("lmfuse train --config configs/lm_transformer.py:tiny")
+    assert f"--workdir {lm}" in commands[0]
+    assert commands[-1].startswith("lmfuse translate") and "--split" not in commands[-1]
+    assert f"--fusion shallow --lm {lm} --lm_weight {float(row['lambda']):g}" in commands[-1]
+
+
+def test_the_markdown_table_names_rows_systems_and_provenance(table):
+    md = (table["root"] / "results" / "carlson_table.md").read_text(encoding="utf-8")
+    lambda_ = float(table["rows"]["shallow"]["lambda"])
+    assert "| KJV→ASV | seq2seq | step 20 |" in md
+    assert f"| KJV→ASV | seq2seq + LM (shallow fusion) | step 20, λ {lambda_:g} |" in md
+    assert "(cpu budget)" in md and "BLEU signature: `nrefs:1" in md and "device: " in md
+    assert f"first {SENTENCES} verses" in md
+    assert "Command: `lmfuse experiment experiments/carlson_table.py" in md
+    assert "| lm_asv |" in md and "| s2s_kjv_asv |" in md  # the shared models
+    assert "kjv_asv-shallow:" in md and "failed" not in md
+
+
+def test_a_rerun_skips_both_cells_and_trains_nothing(table):
+    out = table["second"][1]
+    assert "[1/2] kjv_asv-none: skipped" in out and "[2/2] kjv_asv-shallow: skipped" in out
+    assert "done: step" not in out
+    assert table["mtimes"] and checkpoint_mtimes(table["root"] / "work") == table["mtimes"]
+    for method, row in table["rows"].items():
+        rerun = table["rerun_rows"][method]
+        assert {k: v for k, v in rerun.items() if k != "date"} == \
+               {k: v for k, v in row.items() if k != "date"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans (nothing trained)
+
+
+def plan_runs(budget: str, tmp_path: Path) -> dict[str, tuple]:
+    from lmfuse.experiments import carlson_cells
+
+    module = load_experiment_file(EXPERIMENT)
+    experiment = module.get_experiment(budget, {})
+    plan = module.plan(budget, experiment.settings)
+    ctx = RunContext(tmp_path, budget, experiment.settings, ())
+    return {row: (carlson_cells.s2s_run(ctx, plan, row), carlson_cells.lm_run(ctx, plan, row))
+            for row in experiment.settings["rows"]}
+
+
+def test_the_gpu_plan_trains_the_paper_configs_and_one_lm_per_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    runs = plan_runs("gpu", tmp_path)
+    assert list(runs) == ["kjv_asv", "public_asv", "bbe_asv", "ylt_bbe", "public_bbe",
+                          "ylt_asv"]
+    for row, (s2s, lm) in runs.items():
+        source, target = row.split("_")
+        assert s2s.config == f"configs/carlson/{row}.py"
+        data = s2s.load().data
+        assert (data.source, data.target, data.view) == (source, target, "translate")
+        assert lm.config == "configs/lm_transformer.py" and lm.load().data.versions == target
+        assert lm.workdir == str(tmp_path / f"lm_{target}")
+    assert len({lm.workdir for _, lm in runs.values()}) == 2
+
+
+def test_the_cpu_plan_sets_each_rows_pair_on_the_tiny_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    sizes = load_experiment_file(EXPERIMENT).SIZES["cpu"]
+    for row, (s2s, lm) in plan_runs("cpu", tmp_path).items():
+        config = s2s.load()
+        assert s2s.config == "configs/s2s_transformer.py:tiny"
+        assert (config.data.source, config.data.target) == tuple(row.split("_"))
+        assert config.train.steps == sizes["s2s_steps"] and lm.config.endswith(":tiny")
+        assert lm.load().train.steps == sizes["lm_steps"]
+        assert lm.load().data.seq_len >= config.data.max_length  # the LM sees whole outputs
+
+
+def test_an_unknown_row_is_a_one_line_error_naming_the_rows(monkeypatch):
+    monkeypatch.chdir(REPO)
+    module = load_experiment_file(EXPERIMENT)
+    with pytest.raises(LmfuseError, match="unknown row 'kjv_bbe'; choose from kjv_asv"):
+        module.get_experiment("cpu", {"rows": "kjv_bbe"})
