@@ -25,9 +25,11 @@ def get_config(variant=None):
             tie_embeddings=True,
             share_embeddings=True,
         ),
+        # About 10 minutes on a 2-core CPU. Copying the source (pointer-generator) is what
+        # lets a model this small learn the mostly-copying Bible style transfer that fast.
         tiny_model=dict(
-            emb_dim=256, num_layers=3, num_encoder_layers=3, num_heads=4, mlp_dim=1024,
-            dropout=0.1,
+            emb_dim=256, num_layers=2, num_encoder_layers=2, num_heads=4, mlp_dim=512,
+            dropout=0.0, copy_source=True,
         ),
         learning_rate=5e-4,
         tiny_learning_rate=2e-3,

@@ -19,6 +19,7 @@ below; `--config.key=value` goes to every training run (whose config has the key
 """
 
 from lmfuse.experiments import fusion_cells
+from lmfuse.experiments.artifacts import override
 from lmfuse.experiments.fusion_report import write_report
 from lmfuse.experiments.runner import Experiment
 from lmfuse.experiments.settings import check_at_least, parse_settings
@@ -73,6 +74,9 @@ def defaults(budget: str) -> dict:
 def plan(budget: str, settings: dict) -> fusion_cells.Plan:
     sizes = SIZES[budget]
     s2s, lm = size_overrides(budget, sizes)
+    # The trained fusions read the encoder-decoder's vocab logits, which a copy (pointer-
+    # generator) output does not have, so every encoder-decoder here is the plain one.
+    s2s = (*s2s, override("model.copy_source", False))
     return fusion_cells.Plan(
         variant=sizes["variant"],
         lm_overrides=lm,

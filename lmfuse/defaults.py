@@ -229,11 +229,11 @@ def s2s_config(
         config.model.update(tiny_model)
     config.model.max_len = config.data.max_length
     config.optimizer.learning_rate = tiny_learning_rate if tiny else learning_rate
-    config.optimizer.warmup_steps = 100 if tiny else 1000
+    config.optimizer.warmup_steps = 50 if tiny else 1000
     config.train.label_smoothing = 0.1
     if tiny:
         config.train.update(
-            dict(steps=1500, batch_size=32, log_every=50, eval_every=500, checkpoint_every=500)
+            dict(steps=400, batch_size=32, log_every=50, eval_every=400, checkpoint_every=200)
         )
         config.decode.beam_size = 4
     else:

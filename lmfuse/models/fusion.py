@@ -65,6 +65,10 @@ Param tree (D = s2s width, H = LM width, C = cold_dim; logical axes in brackets)
                                           gate_bias [2] (None,)
                                   simple: no fusion params
 
+Inspection: applied with `mutable=['intermediates']`, deep and cold fusion sow their gates as
+intermediates/fusion/fusion_gate: g_t [B, T] (deep) or [B, T, C] (cold)
+(`lmfuse.models.inspect.fusion_gates`).
+
 Decoding (`decode_init` / `decode_step`, the DecodeStep contract): the state is
 {'s2s': the s2s's own decoding state, 'lm': the LM's}, every leaf batch-first, so sampling,
 beam search and decode-time fusion run on a fused model unchanged. Each base steps with its
@@ -147,6 +151,8 @@ class DeepFusion(nn.Module):
                        (h.shape[-1],), jnp.float32)
         b = self.param("gate_bias", partitioned(nn.initializers.zeros, ()), (), jnp.float32)
         gate = jax.nn.sigmoid(jnp.einsum("...h,h->...", h.astype(jnp.float32), v) + b)[..., None]
+        # A no-op unless the caller makes 'intermediates' mutable (`lmfuse.models.inspect`).
+        self.sow("intermediates", "fusion_gate", gate[..., 0])
         # out_s2s is replaced by the s2s's own output layer (`warm_start`); out_lm starts at 0.
         s_logits = _to_vocab(self, "out_s2s", s, c.vocab_size, "embed",
                              nn.initializers.normal(0.02), c.dtype)
@@ -171,6 +177,7 @@ class ColdFusion(nn.Module):
         gate = jax.nn.sigmoid(
             _dense(c.cold_dim, ("embed", "mlp"), c.dtype, "gate")(jnp.concatenate([s, h_lm], -1))
         )
+        self.sow("intermediates", "fusion_gate", gate)  # no-op unless asked for (inspect)
         s_cf = jnp.concatenate([s, gate * h_lm], axis=-1)
         hidden = nn.relu(_dense(c.cold_dim, ("embed", "mlp"), c.dtype, "hidden")(s_cf))
         hidden = constrain(hidden, ("batch", "length", "mlp"))

@@ -72,6 +72,9 @@ def model_defaults() -> ml_collections.ConfigDict:
     c.share_embeddings = True  # one table for source, target (and the tied output layer)
     c.cell = "lstm"  # s2s_rnn: 'lstm' | 'gru' (bidirectional encoder, attentional decoder)
     c.attention = "bahdanau"  # s2s_rnn: 'bahdanau' (additive) | 'luong' (multiplicative)
+    # Pointer-generator output: a gate mixes the vocab softmax with a copy of source tokens
+    # (See et al. 2017; lmfuse.models.copy). Not with trained fusion (fusion.method).
+    c.copy_source = False
     return c
 
 
@@ -119,10 +122,14 @@ def _as_dict(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, An
 
 
 def check_fusion(
-    fusion_cfg: ml_collections.ConfigDict | Mapping[str, Any], model_name: str
+    fusion_cfg: ml_collections.ConfigDict | Mapping[str, Any],
+    model_name: str,
+    copy_source: bool = False,
 ) -> None:
     """One-line errors for a fusion group that cannot work: an unknown method or weights
-    kind, or a base model that is not an encoder-decoder. Workdirs are checked where loaded."""
+    kind, a base model that is not an encoder-decoder, or one with a copy output (every
+    method fuses the s2s's vocab logits and would drop the copy part without a word).
+    Workdirs are checked where loaded."""
     from lmfuse.models.fusion import METHODS, WEIGHTS_KINDS
 
     f = _as_dict(fusion_cfg)
@@ -136,6 +143,11 @@ def check_fusion(
             f"fusion.method={method!r} fuses an LM into an encoder-decoder, but model.name="
             f"{model_name!r} is not one; use {' or '.join(SEQ2SEQ_NAMES)}"
         )
+    if copy_source:
+        raise LmfuseError(
+            f"fusion.method={method!r} cannot fuse a model with model.copy_source=True (fusion "
+            "reads only its vocab logits); set model.copy_source=False or fusion.method=''"
+        )
     if f.get("weights_kind", "scalar") not in WEIGHTS_KINDS:
         raise LmfuseError(
             f"fusion.weights_kind={f['weights_kind']!r} is not one of {', '.join(WEIGHTS_KINDS)}"
@@ -148,7 +160,7 @@ def _build_fused(model_cfg, fusion_cfg: dict[str, Any], vocab_size: int) -> nn.M
     from lmfuse.models.fusion import FusedSeq2Seq, FusionConfig
 
     s2s_cfg = _checked(model_cfg, vocab_size)
-    check_fusion(fusion_cfg, s2s_cfg["name"])
+    check_fusion(fusion_cfg, s2s_cfg["name"], s2s_cfg["copy_source"])
     lm_model = fusion_cfg.get("lm_model") or {}
     if not lm_model:
         raise LmfuseError(

@@ -55,12 +55,25 @@ Param tree (G = 4 gates for lstm, 3 for gru; logical axes in brackets):
     decoder/attention/energy [H]                    ('hidden',)           bahdanau only: v
     decoder/readout/kernel [2H + H, E]              ('hidden', 'embed'); bias [E] ('embed',)
     lm_head/kernel [E, V]                           ('embed', 'vocab')    tie_embeddings=False
+    copy_head/query [E, H], key [2H, H]             ('embed', 'kv')       copy_source only
+    copy_head/gate_kernel [E + 2H], gate_bias []    ('embed',), ()        copy_source only
+
+copy_source=True (`lmfuse.models.copy`): the output is the pointer-generator mixture of the
+vocab softmax and a copy of the source tokens, as normalised log-probs [B, T, V] float32. Its
+pointer is an attention of its own (width H) from the readout over the memory, with the
+attention's mask; `decode_hidden` and `logits_from_hidden` stay the generator's alone, and
+`copy_log_probs` adds the copy. The internal LM (zero_context) never copies: with no source,
+a copy model's internal LM is its generator, the vocab softmax of the zero-context decoder.
 
 Decoding state (`decode_init` / `decode_step`; every leaf has the batch as its leading axis):
     {'carry': {'h': [B, L, H], 'c': [B, L, H] (lstm only)},   float32
      'memory': [B, S, 2H], 'keys': [B, S, H] (W_h h_j + b, or W h_j: computed once),
-     'memory_segment_ids': [B, S] int32 (0 = pad)}
+     'memory_segment_ids': [B, S] int32 (0 = pad),
+     'copy': {'keys': [B, S, H] pointer keys, 'source_ids': [B, S] int32}}   copy_source only
 bahdanau needs no previous context in the state: c_t is computed from s_{t-1}, the carry.
+
+Inspection: applied with `mutable=['intermediates']`, the decoder sows its attention weights
+[B, T, S] as intermediates/decoder/cross_attention (`lmfuse.models.inspect.cross_attention`).
 
 Adversarial training perturbs the embeddings through the 'source_embeddings' and
 'target_embeddings' hooks (`self.perturb`; no-ops unless a 'perturbations' collection is given).
@@ -77,6 +90,7 @@ import jax.numpy as jnp
 
 from lmfuse.data.tokenizer import PAD_ID
 from lmfuse.decode.step import _prompt_layout
+from lmfuse.models.copy import CopyHead
 from lmfuse.models.layers import Embed, Head, compute_dtype, constrain, partitioned, segment_starts
 from lmfuse.models.rnn import (
     NUM_GATES,
@@ -111,6 +125,7 @@ class Seq2SeqRNNConfig:
     tie_embeddings: bool = True  # output layer = target embedding table transposed
     share_embeddings: bool = True  # one table for source and target
     attention: str = "bahdanau"  # 'bahdanau' (additive) | 'luong' (multiplicative, "general")
+    copy_source: bool = False  # pointer-generator output (lmfuse.models.copy)
     dtype: str = "float32"  # compute dtype of the matmuls; params and the carry stay float32
     # Encoder and luong decoder layers: input projection for all steps before the scan. The
     # bahdanau decoder always hoists its embedding part (the context part is per step).
@@ -380,6 +395,8 @@ class Decoder(nn.Module):
                 scores = jnp.einsum("bth,bsh->bts", queries, keys, preferred_element_type=f32)
                 weights = _masked_softmax(scores, mask)
                 context = _weighted_memory(weights, memory)
+        # A no-op unless the caller makes 'intermediates' mutable (`lmfuse.models.inspect`).
+        self.sow("intermediates", "cross_attention", weights)
         states = constrain(states, ("batch", "length", "hidden"))
         context = constrain(context, ("batch", "length", "hidden"))
         dt = compute_dtype(c.dtype)
@@ -401,6 +418,8 @@ class Seq2SeqRNN(nn.Module):
       logits = model.apply(v, hidden, method='logits_from_hidden')
       weights = model.apply(v, encoded, inputs_segment_ids, decoder_inputs, ...,
                             method='attention_weights')                     # [B, T, S]
+      log_probs = model.apply(v, hidden, logits, encoded, inputs, inputs_segment_ids,
+                              decoder_segment_ids, method='copy_log_probs')  # copy_source
     None segment ids mean one segment without padding; positions are accepted for a uniform
     contract and ignored (order comes from the recurrence).
     """
@@ -417,6 +436,8 @@ class Seq2SeqRNN(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         if not c.tie_embeddings:
             self.lm_head = Head(c.vocab_size, "embed", c.dtype)
+        if c.copy_source:
+            self.copy_head = CopyHead(c.emb_dim, 2 * c.hidden_dim, c.hidden_dim, c.dtype)
 
     def __call__(
         self,
@@ -428,13 +449,18 @@ class Seq2SeqRNN(nn.Module):
         decoder_positions: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
-        """Teacher-forced float32 logits [B, T, V]."""
+        """Teacher-forced float32 logits [B, T, V] (with copy_source, normalised log-probs)."""
         encoded = self.encode(inputs, inputs_segment_ids, inputs_positions, deterministic)
         hidden = self.decode_hidden(
             encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids, decoder_positions,
             deterministic,
         )
-        return self.logits_from_hidden(hidden)
+        logits = self.logits_from_hidden(hidden)
+        if not self.cfg.copy_source:
+            return logits
+        return self.copy_log_probs(
+            hidden, logits, encoded, inputs, inputs_segment_ids, decoder_segment_ids
+        )
 
     def encode(
         self,
@@ -502,6 +528,27 @@ class Seq2SeqRNN(nn.Module):
         logits = self.wte.attend(hidden) if self.cfg.tie_embeddings else self.lm_head(hidden)
         return constrain(logits, ("batch", "length", "vocab"))
 
+    def copy_keys(self, encoded: jax.Array) -> jax.Array:
+        """Encoder memory [B, S, 2H] -> the copy head's pointer keys [B, S, H]."""
+        return self.copy_head.keys(encoded)
+
+    def copy_log_probs(
+        self,
+        hidden: jax.Array,
+        logits: jax.Array,
+        encoded: jax.Array,
+        inputs: jax.Array,
+        inputs_segment_ids: jax.Array | None,
+        decoder_segment_ids: jax.Array | None = None,
+        keys: jax.Array | None = None,
+    ) -> jax.Array:
+        """The copy_source output: readout [B, T, E] and its vocab logits [B, T, V], memory
+        [B, S, 2H] of source ids [B, S] -> log-probs [B, T, V] float32. A target token copies
+        from the real source tokens of its own segment, as it attends."""
+        mask = _attention_mask(inputs_segment_ids, decoder_segment_ids, inputs.shape,
+                               hidden.shape[:2])
+        return self.copy_head(hidden, logits, encoded, inputs, mask, keys)
+
     def init_carry(self, batch_size: int) -> Carry:
         """A zero decoder carry {'h': [L, B, H], 'c' (lstm)}. Needs no params: call it unbound."""
         c = self.cfg
@@ -513,15 +560,7 @@ class Seq2SeqRNN(nn.Module):
     ) -> tuple[jax.Array, jax.Array, Carry]:
         del decoder_positions
         b, t = decoder_inputs.shape
-        source_segments = inputs_segment_ids
-        if source_segments is None:
-            source_segments = jnp.ones(encoded.shape[:2], jnp.int32)
-        target_segments = decoder_segment_ids
-        if target_segments is None:
-            target_segments = jnp.ones((b, t), jnp.int32)
-        # A target token attends to the real source tokens of its own segment.
-        same_segment = target_segments[:, :, None] == source_segments[:, None, :]
-        mask = same_segment & (source_segments[:, None, :] != 0)
+        mask = _attention_mask(inputs_segment_ids, decoder_segment_ids, encoded.shape[:2], (b, t))
         keep = None if decoder_segment_ids is None else segment_starts(decoder_segment_ids)
         if keys is None:
             keys = self.attention_keys(encoded)
@@ -530,6 +569,24 @@ class Seq2SeqRNN(nn.Module):
         y = self.perturb("target_embeddings", self.wte(decoder_inputs))
         y = constrain(self.drop(y, deterministic=deterministic), ("batch", "length", "embed"))
         return self.decoder(y, keep, mask, encoded, keys, carry, deterministic, zero_context)
+
+
+def _attention_mask(
+    inputs_segment_ids: jax.Array | None,
+    decoder_segment_ids: jax.Array | None,
+    source_shape: tuple[int, int],
+    target_shape: tuple[int, int],
+) -> jax.Array:
+    """bool [B, T, S]: a target token attends to the real source tokens of its own segment
+    (None segment ids: one segment, no padding)."""
+    source_segments = inputs_segment_ids
+    if source_segments is None:
+        source_segments = jnp.ones(source_shape, jnp.int32)
+    target_segments = decoder_segment_ids
+    if target_segments is None:
+        target_segments = jnp.ones(target_shape, jnp.int32)
+    same_segment = target_segments[:, :, None] == source_segments[:, None, :]
+    return same_segment & (source_segments[:, None, :] != 0)
 
 
 def _batch_major(carry: Carry) -> Carry:
@@ -563,6 +620,9 @@ def decode_init(
         "keys": model.apply(variables, memory, method="attention_keys"),
         "memory_segment_ids": source_segments,
     }
+    if model.cfg.copy_source and not zero_context:
+        keys = model.apply(variables, memory, method="copy_keys")
+        state["copy"] = {"keys": keys, "source_ids": inputs}
     # Left padding gets segment 0: the carry resets where the real prompt starts.
     tokens, segments, _ = _prompt_layout(batch["prompt"])
     return _advance(model, variables, state, tokens, segments, zero_context)
@@ -590,5 +650,12 @@ def _advance(
         zero_context, keys=state["keys"], carry=_layer_major(state["carry"]), return_carry=True,
         method="decode_hidden",
     )
-    logits = model.apply(variables, hidden[:, -1:], method="logits_from_hidden")[:, 0]
-    return logits, {**state, "carry": _batch_major(carry)}
+    logits = model.apply(variables, hidden[:, -1:], method="logits_from_hidden")
+    if model.cfg.copy_source and not zero_context:
+        copy = state["copy"]
+        logits = model.apply(
+            variables, hidden[:, -1:], logits, state["memory"], copy["source_ids"],
+            state["memory_segment_ids"], None if segments is None else segments[:, -1:],
+            copy["keys"], method="copy_log_probs",
+        )
+    return logits[:, 0], {**state, "carry": _batch_major(carry)}

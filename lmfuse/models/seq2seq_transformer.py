@@ -35,6 +35,15 @@ leaves have a leading [layers] axis, as in the TransformerLM):
     decoder/blocks_i/cross_attn/out/kernel [N, H, E]; bias [E]
     decoder/ln_f/{scale,bias} [E]              pre-LN only
     lm_head/kernel [E, V]                      ('embed', 'vocab'), untied only
+    copy_head/{query,key} [E, head_size], gate_kernel [2E], gate_bias []   copy_source only
+
+copy_source=True (`lmfuse.models.copy`): the output is the pointer-generator mixture of the
+vocab softmax and a copy of the source tokens, as normalised log-probs [B, T, V] float32; its
+pointer attends from the top decoder state to the encoder output (one head of head_size),
+over the real source tokens of the target token's own segment. `decode_hidden` and
+`logits_from_hidden` stay the generator's alone; `copy_log_probs` adds the copy. The internal
+LM (zero_context) never copies: with no source, a copy model's internal LM is its generator,
+the vocab softmax of the zero-context decoder.
 
 Decoder cache (a plain pytree, passed in and returned; every leaf has the batch first):
 
@@ -43,6 +52,12 @@ Decoder cache (a plain pytree, passed in and returned; every leaf has the batch 
        'segment_ids': [B, max_len] int32}                         (0 = unwritten / padding)
     hidden, cache = model.apply(v, encoded, inputs_segment_ids, tokens, ..., cache=cache,
                                 cache_index=i, method='decode_hidden')
+
+Inspection: applied with `mutable=['intermediates']`, each decoder layer sows its
+cross-attention weights [B, N, T, S] as intermediates/decoder/blocks_i/cross_attn/
+cross_attention (scanned: decoder/blocks/..., with a leading [layers] axis);
+`lmfuse.models.inspect.cross_attention` collects them. Without that argument nothing is
+computed or stored.
 
 The first call with a cache (the prompt) projects `encoded` to each layer's cross-attention
 keys and values ONCE and adds them to its layer as 'cross_k' / 'cross_v' [B, N, S, H]; later
@@ -61,6 +76,7 @@ import jax.numpy as jnp
 
 from lmfuse.data.tokenizer import PAD_ID
 from lmfuse.decode.step import _prompt_layout
+from lmfuse.models.copy import CopyHead
 from lmfuse.models.layers import Embed, Head, compute_dtype, constrain, segment_mask
 from lmfuse.models.transformer import (
     BLOCK_SCAN_IN_AXES,
@@ -89,6 +105,7 @@ class Seq2SeqTransformerConfig(TransformerConfig):
 
     num_encoder_layers: int = 0  # 0 means num_layers
     share_embeddings: bool = True  # one table for source, target (and the tied output layer)
+    copy_source: bool = False  # pointer-generator output (lmfuse.models.copy)
 
     def encoder_config(self) -> TransformerConfig:
         """The encoder's config: these hyperparameters at the encoder's depth."""
@@ -151,6 +168,17 @@ class TransformerEncoder(nn.Module):
         return self.ln_f(x) if c.norm == "pre" else x
 
 
+def attention_weights(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """softmax(q k^T / sqrt(H)) of q [B, T, N, H] over k [B, S, N, H] -> float32 [B, N, T, S],
+    exactly 0 where `mask` ([B, 1, T, S] bool, or None) is False: the weights that
+    `jax.nn.dot_product_attention` applies."""
+    scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
+    scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
 class CrossAttention(nn.Module):
     """Decoder queries x [B, T, E] attend to encoder states: -> ([B, T, E], memory_kv).
 
@@ -181,6 +209,10 @@ class CrossAttention(nn.Module):
             memory_kv = {"k": k, "v": v}
         q = project("query", x)
         k, v = (memory_kv[n].transpose(0, 2, 1, 3) for n in ("k", "v"))
+        if self.is_mutable_collection("intermediates"):
+            # For inspection only (`lmfuse.models.inspect`): the fused attention below does not
+            # return its weights, so they are recomputed, and only when a caller asks for them.
+            self.sow("intermediates", "cross_attention", attention_weights(q, k, mask))
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=c.attention_impl)
         return output_projection(c)(out), memory_kv
 
@@ -357,6 +389,8 @@ class Seq2SeqTransformer(nn.Module):
                            decoder_positions, deterministic, zero_context=False,
                            method='decode_hidden')                        # [B, T, E]
       logits = model.apply(v, hidden, method='logits_from_hidden')
+      log_probs = model.apply(v, hidden, logits, encoded, inputs, inputs_segment_ids,
+                              decoder_segment_ids, method='copy_log_probs')  # copy_source
     None segment ids mean one segment without padding; None positions mean arange.
     """
 
@@ -371,6 +405,8 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder = TransformerDecoder(c, embed=self.wte)
         if not c.tie_embeddings:
             self.lm_head = Head(c.vocab_size, "embed", c.dtype)
+        if c.copy_source:
+            self.copy_head = CopyHead(c.emb_dim, c.emb_dim, c.head_size, c.dtype)
 
     def __call__(
         self,
@@ -382,13 +418,19 @@ class Seq2SeqTransformer(nn.Module):
         decoder_positions: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
-        """Teacher-forced logits [B, T, V] float32 for source [B, S] and decoder inputs [B, T]."""
+        """Teacher-forced logits [B, T, V] float32 for source [B, S] and decoder inputs [B, T]
+        (with copy_source, normalised log-probs)."""
         encoded = self.encode(inputs, inputs_segment_ids, inputs_positions, deterministic)
         hidden = self.decode_hidden(
             encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids, decoder_positions,
             deterministic,
         )
-        return self.logits_from_hidden(hidden)
+        logits = self.logits_from_hidden(hidden)
+        if not self.cfg.copy_source:
+            return logits
+        return self.copy_log_probs(
+            hidden, logits, encoded, inputs, inputs_segment_ids, decoder_segment_ids
+        )
 
     def encode(
         self,
@@ -427,6 +469,28 @@ class Seq2SeqTransformer(nn.Module):
             logits = self.lm_head(hidden)
         return constrain(logits, ("batch", "length", "vocab"))
 
+    def copy_keys(self, encoded: jax.Array) -> jax.Array:
+        """Encoder output [B, S, E] -> the copy head's pointer keys [B, S, head_size]."""
+        return self.copy_head.keys(encoded)
+
+    def copy_log_probs(
+        self,
+        hidden: jax.Array,
+        logits: jax.Array,
+        encoded: jax.Array,
+        inputs: jax.Array,
+        inputs_segment_ids: jax.Array | None,
+        decoder_segment_ids: jax.Array | None = None,
+        keys: jax.Array | None = None,
+    ) -> jax.Array:
+        """The copy_source output: hidden [B, T, E] and its vocab logits [B, T, V], encoder
+        output [B, S, E] of source ids [B, S] -> log-probs [B, T, V] float32. Target token i
+        copies from the real tokens of source segment i (None segment ids: one segment)."""
+        mask = _cross_mask(decoder_segment_ids, inputs_segment_ids, hidden.shape[:2])
+        if mask is not None:
+            mask = mask[:, 0] & (inputs_segment_ids != 0)[:, None, :]
+        return self.copy_head(hidden, logits, encoded, inputs, mask, keys)
+
     def init_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
         """An empty decoder cache (see the module docstring). Needs no params: call it unbound."""
         c = self.cfg
@@ -452,8 +516,10 @@ def decode_init(
     `batch['prompt']` (padded on either side): (logits [B, V] of the first new token, state).
 
     State: {'cache': the decoder cache (cross-attention keys included), 'inputs_segment_ids'
-    [B, S], 'position' [B] (next position per row), 'index' (next cache slot, 0-d)}. With
-    zero_context the encoder is skipped and the cache holds no cross-attention keys.
+    [B, S], 'position' [B] (next position per row), 'index' (next cache slot, 0-d)}, and with
+    copy_source 'copy': {'memory': encoder output [B, S, E], 'keys': pointer keys
+    [B, S, head_size], 'source_ids' [B, S]}. With zero_context the encoder is skipped, the
+    cache holds no cross-attention keys and nothing is copied (the internal LM).
     """
     variables = {"params": params}
     tokens, segments, positions = _prompt_layout(batch["prompt"])
@@ -473,6 +539,10 @@ def decode_init(
         "position": positions[:, -1] + 1,  # rows differ when the prompt is padded
         "index": jnp.asarray(tokens.shape[1], jnp.int32),
     }
+    if model.cfg.copy_source and not zero_context:
+        keys = model.apply(variables, encoded, method="copy_keys")
+        state["copy"] = {"memory": encoded, "keys": keys, "source_ids": inputs}
+        logits = _copy(model, variables, state, hidden[:, -1:], logits, segments[:, -1:])
     return logits[:, 0], state
 
 
@@ -491,6 +561,8 @@ def decode_step(
         method="decode_hidden",
     )
     logits = model.apply(variables, hidden, method="logits_from_hidden")
+    if model.cfg.copy_source and not zero_context:
+        logits = _copy(model, variables, state, hidden, logits, None)
     new_state = {
         **state,
         "cache": cache,
@@ -498,3 +570,19 @@ def decode_step(
         "index": state["index"] + 1,
     }
     return logits[:, 0], new_state
+
+
+def _copy(
+    model: Seq2SeqTransformer,
+    variables: dict[str, Params],
+    state: State,
+    hidden: jax.Array,
+    logits: jax.Array,
+    segments: jax.Array | None,
+) -> jax.Array:
+    """The copy_source output for decoder states [B, 1, E] from the state's 'copy' entry."""
+    copy = state["copy"]
+    return model.apply(
+        variables, hidden, logits, copy["memory"], copy["source_ids"],
+        state["inputs_segment_ids"], segments, copy["keys"], method="copy_log_probs",
+    )

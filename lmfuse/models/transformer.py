@@ -211,7 +211,9 @@ def layer_stack(
         # One compiled layer body instead of num_layers copies: faster compiles, same function.
         return nn.scan(
             layer,
-            variable_axes={"params": 0},
+            # 'intermediates': what a layer sows for inspection (only when the caller makes the
+            # collection mutable) comes back stacked per layer, like the params.
+            variable_axes={"params": 0, "intermediates": 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=in_axes,
             out_axes=out_axes,

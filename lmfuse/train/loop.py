@@ -149,7 +149,7 @@ def check_fusion_config(config: ml_collections.ConfigDict) -> None:
     from lmfuse.models.fusion import PRETRAINED_S2S
 
     fusion = config.fusion
-    check_fusion(fusion, config.model.name)
+    check_fusion(fusion, config.model.name, config.model.get("copy_source", False))
     if _resolved(fusion):
         return
     if fusion.method not in PRETRAINED_S2S and fusion.s2s_workdir:
@@ -161,7 +161,12 @@ def check_fusion_config(config: ml_collections.ConfigDict) -> None:
         if not workdir:
             what = "a trained LM" if base == "lm" else "the trained encoder-decoder it starts from"
             raise LmfuseError(f"fusion.method={fusion.method!r} needs fusion.{base}_workdir, {what}")
-        _base_config(workdir, base, None)
+        stored = _base_config(workdir, base, None)
+        if base == "s2s" and stored.model.get("copy_source", False):
+            raise LmfuseError(
+                f"fusion.s2s_workdir {workdir!r} holds a model.copy_source=True model, whose copy "
+                "output fusion would drop; fuse an encoder-decoder trained without it"
+            )
 
 
 def _base_config(workdir: str, base: str, tokenizer: Tokenizer | None) -> ml_collections.ConfigDict:

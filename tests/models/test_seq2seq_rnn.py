@@ -50,16 +50,16 @@ def _model_and_params(cfg_items):
     cfg = dict(cfg_items)
     model = build_model(cfg, VOCAB)
     apply = jit(model.apply, static_argnames=("deterministic", "method", "zero_context"))
-    return model, _random_params(cfg["cell"], cfg["attention"]), apply
+    return model, _random_params(cfg["cell"], cfg["attention"], cfg["copy_source"]), apply
 
 
 @functools.cache
-def _random_params(cell, attention):
+def _random_params(cell, attention, copy_source=False):
     """Random values in the model's param tree (shapes by eval_shape: no init to compile).
 
     Larger than the init's and with non-zero biases, so every term matters and attention and
     logits are peaked enough for effects to stand far above rounding."""
-    model = build_model(tiny_cfg(cell=cell, attention=attention), VOCAB)
+    model = build_model(tiny_cfg(cell=cell, attention=attention, copy_source=copy_source), VOCAB)
     dummy = jnp.ones((1, S), jnp.int32)
     shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), dummy, dummy)["params"])
     rng = np.random.RandomState(0)
@@ -281,11 +281,17 @@ def test_packed_row_equals_examples_alone(cell, attention):
     assert np.abs(np.asarray(logits[4, 3:7]) - np.asarray(logits[0, 3:7])).max() > 1e-2
 
 
-@pytest.mark.parametrize("cell, attention", VARIANTS)
-def test_cached_decoding_matches_teacher_forcing(cell, attention):
-    model, params, apply = model_and_params(cell, attention)
+@pytest.mark.parametrize(
+    "cell, attention, copy_source",
+    [(*v, False) for v in VARIANTS] + [("lstm", "bahdanau", True), ("gru", "luong", True)],
+)
+def test_cached_decoding_matches_teacher_forcing(cell, attention, copy_source):
+    model, params, apply = model_and_params(cell, attention, copy_source=copy_source)
     batch = canonical_batch()
-    full = np.asarray(apply({"params": params}, **batch))[1:4]  # a, b and c alone
+    full = np.asarray(apply({"params": params}, **batch))
+    if copy_source:  # log-probs: every row a distribution (row 5 has no source to copy)
+        np.testing.assert_allclose(jax.nn.logsumexp(full, axis=-1), 0.0, atol=1e-5)
+    full = full[1:4]  # a, b and c alone
     targets = np.asarray(batch["decoder_inputs"][1:4])
     lengths, prefix, rows = np.asarray([3, 4, 8]), np.asarray(PREFIX), np.arange(3)
     init, step = decode_fns(model)
@@ -366,8 +372,10 @@ def test_zero_context_is_a_source_free_internal_lm(attention):
     )
 
 
-def test_zero_context_decoding_follows_the_internal_lm():
-    model, params, apply = model_and_params("lstm", "bahdanau")
+@pytest.mark.parametrize("copy_source", [False, True])
+def test_zero_context_decoding_follows_the_internal_lm(copy_source):
+    # With copy_source too: the internal LM never copies, it is the generator alone.
+    model, params, apply = model_and_params("lstm", "bahdanau", copy_source=copy_source)
     batch = canonical_batch()
     internal = decode_hidden(apply, params, encode(apply, params, batch), batch, zero_context=True)
     lm_logits = np.asarray(apply({"params": params}, internal, method="logits_from_hidden"))[1:4]

@@ -63,7 +63,7 @@ def random_params(model, seed=0):
     rng = np.random.RandomState(seed)
 
     def fill(path, leaf):
-        noise = rng.randn(*leaf.shape).astype(np.float32)
+        noise = np.asarray(rng.randn(*leaf.shape), np.float32)  # 0-d leaves too
         if jax.tree_util.keystr(path).endswith("['scale']"):
             return jnp.asarray(1.0 + 0.1 * noise)
         return jnp.asarray(0.3 * noise)
@@ -257,6 +257,28 @@ def test_source_padding_is_invisible_and_real_source_tokens_matter(seed):
     assert np.all(np.delete(diff, row, axis=0) == 0)
 
 
+def test_copy_source_decodes_like_teacher_forcing_and_its_internal_lm_is_the_generator():
+    s = setup(**CONFIGS["pre-learned"], copy_source=True)
+    src, src_segs = sources()
+    y = targets()
+    full = np.asarray(s.logits(s.params, src, src_segs, behind_bos(y)))
+    np.testing.assert_allclose(jax.nn.logsumexp(full, axis=-1), 0.0, atol=1e-5)
+    decoded, valid = prompted_decoding(s, s.params, src, y)
+    np.testing.assert_allclose(decoded[valid], full[valid], atol=1e-5)
+    # The copy part counts: the generator alone (its vocab softmax) is another distribution.
+    variables = {"params": s.params}
+    encoded = s.apply(variables, src, src_segs, method="encode")
+    hidden = s.apply(variables, encoded, src_segs, behind_bos(y), method="decode_hidden")
+    generator = jax.nn.log_softmax(s.apply(variables, hidden, method="logits_from_hidden"))
+    assert np.abs(full - np.asarray(generator)).max() > 1e-2
+    # The internal LM never copies: it is the zero-context decoder's own vocab distribution.
+    hidden = s.apply(variables, None, src_segs, behind_bos(y), zero_context=True,
+                     method="decode_hidden")
+    internal_lm = s.apply(variables, hidden, method="logits_from_hidden")
+    decoded = decode_along(s, s.params, src, y[:, :-1], zero_context=True)
+    np.testing.assert_allclose(decoded, internal_lm, atol=1e-5)
+
+
 def test_zero_context_decodes_like_zero_cross_attention_outputs():
     # Post-LN: the zeroed branch still passes through ln_cross. (Pre-LN: the next test.)
     s = setup(**CONFIGS["post-rope"])
@@ -388,8 +410,9 @@ def rescored(s, src, src_segs, tokens):
     return np.where(np.asarray(tokens) != PAD_ID, picked, 0.0).sum(-1)
 
 
-def test_greedy_and_beam_search_through_the_decode_step():
-    s = setup()
+@pytest.mark.parametrize("copy_source", [False, True])
+def test_greedy_and_beam_search_through_the_decode_step(copy_source):
+    s = setup(copy_source=copy_source)
     src, src_segs = sources()
     decoder = DecodeStep(
         functools.partial(decode_init, s.model), functools.partial(decode_step, s.model)
