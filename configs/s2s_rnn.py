@@ -24,9 +24,11 @@ def get_config(variant=None):
             tie_embeddings=False,
             share_embeddings=True,
         ),
-        # About 10 minutes on a 2-core CPU; see configs/s2s_transformer.py on copy_source.
+        # About 9 minutes on a 2-core CPU; see configs/s2s_transformer.py on copy_source.
+        # Luong attention (after the recurrence) learns faster here than Bahdanau: validation
+        # perplexity 12.6 against 22.0 after 400 steps (experiments/results/seq2seq_tiny.md).
         tiny_model=dict(emb_dim=256, hidden_dim=256, num_layers=1, num_encoder_layers=1,
-                        dropout=0.0, copy_source=True),
+                        dropout=0.0, copy_source=True, attention="luong"),
         learning_rate=1e-3,
-        tiny_learning_rate=3e-3,
+        tiny_learning_rate=5e-3,
     )

@@ -42,6 +42,8 @@ def table(pair_corpus, tmp_path_factory):
             "rerun_rows": read_csv(root / "results" / "carlson_table.csv")}
 
 
+# End to end (about a minute): the fusion ablation's test covers the runner by default.
+@pytest.mark.slow
 def test_both_cells_finish(table):
     code, out = table["first"]
     assert code == 0 and table["second"][0] == 0
@@ -53,6 +55,7 @@ def first_lines(path: str, n: int) -> list[str]:
     return Path(path).read_text(encoding="utf-8").splitlines()[:n]
 
 
+@pytest.mark.slow
 def test_both_systems_have_real_scores_and_the_copy_baseline(table, pair_corpus):
     from sacrebleu.metrics import BLEU
 
@@ -75,6 +78,7 @@ def test_both_systems_have_real_scores_and_the_copy_baseline(table, pair_corpus)
     assert math.isfinite(float(rows["shallow"]["lm_perplexity"]))
 
 
+@pytest.mark.slow
 def test_shallow_fuses_the_target_lm_at_the_best_validation_lambda(table):
     row = table["rows"]["shallow"]
     cell = json.loads((table["root"] / "work" / "cells" / "kjv_asv-shallow.json").read_text())
@@ -91,6 +95,7 @@ def test_shallow_fuses_the_target_lm_at_the_best_validation_lambda(table):
     assert f"--fusion shallow --lm {lm} --lm_weight {float(row['lambda']):g}" in commands[-1]
 
 
+@pytest.mark.slow
 def test_the_markdown_table_names_rows_systems_and_provenance(table):
     md = (table["root"] / "results" / "carlson_table.md").read_text(encoding="utf-8")
     lambda_ = float(table["rows"]["shallow"]["lambda"])
@@ -103,6 +108,7 @@ def test_the_markdown_table_names_rows_systems_and_provenance(table):
     assert "kjv_asv-shallow:" in md and "failed" not in md
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_both_cells_and_trains_nothing(table):
     out = table["second"][1]
     assert "[1/2] kjv_asv-none: skipped" in out and "[2/2] kjv_asv-shallow: skipped" in out
