@@ -1,6 +1,6 @@
 """The lmfuse demo (`make demo`): an LM, a seq2seq model, and shallow fusion of the two.
 
-    python experiments/demo.py [--workdir workdirs/demo] [--sentences 200]
+    python experiments/demo.py [--workdir workdirs/demo] [--sentences 100]
 
 On the Bible style-transfer task (YLT -> ASV, Carlson et al. 2018's split) it
   1. trains a tiny Transformer LM on the ASV train books (configs/lm_transformer.py:tiny),
@@ -35,7 +35,7 @@ EXAMPLES = 3
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="workdirs/demo")
-    parser.add_argument("--sentences", type=int, default=200,
+    parser.add_argument("--sentences", type=int, default=100,
                         help="validation / test verses decoded (the first N of each split)")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--lm_steps", type=int, default=0, help="0: the config's steps")

@@ -209,11 +209,13 @@ def s2s_config(
     tiny_learning_rate: float,
     source: str = "ylt",
     target: str = "asv",
+    tiny_train: dict | None = None,
 ) -> ml_collections.ConfigDict:
     """A seq2seq experiment on the Bible translate view (Carlson et al. 2018's split): the
     settings every seq2seq config shares. `tiny` trains in about 10 minutes on a 2-core CPU.
     Change the pair with --config.data.source / --config.data.target (e.g. kjv, public,
-    rv1909 for Spanish)."""
+    rv1909 for Spanish). `tiny_train` overrides the tiny variant's train settings (and
+    `warmup_steps`) for a model that learns better with other batch/step counts."""
     if variant not in S2S_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose tiny or leave it out")
     tiny = variant == "tiny"
@@ -235,6 +237,9 @@ def s2s_config(
         config.train.update(
             dict(steps=400, batch_size=32, log_every=50, eval_every=400, checkpoint_every=200)
         )
+        train = dict(tiny_train or {})
+        config.optimizer.warmup_steps = train.pop("warmup_steps", 50)
+        config.train.update(train)
         config.decode.beam_size = 4
     else:
         config.train.update(
