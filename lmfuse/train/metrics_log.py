@@ -36,16 +36,20 @@ class MetricsLog:
         self.enabled = enabled
         if not enabled:  # non-zero processes stay quiet
             return
-        # Imported here: tensorboardX pulls in torch when present, seconds of import time.
-        from tensorboardX import SummaryWriter
-
         workdir = Path(workdir)
-        self._writer = SummaryWriter(str(workdir / "tensorboard"))
+        self._tensorboard_dir = workdir / "tensorboard"
+        self._writer = None  # opened at the first record: a run with nothing to log (a
+        # finished workdir) leaves no empty event file behind
         self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, step: int, record: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
             return
+        if self._writer is None:
+            # Imported here: tensorboardX pulls in torch when present, seconds of import time.
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self._tensorboard_dir))
         clean = {k: (float(v) if v is not None and math.isfinite(float(v)) else None)
                  for k, v in record.items()}
         for key, value in clean.items():
@@ -56,5 +60,6 @@ class MetricsLog:
 
     def close(self) -> None:
         if self.enabled:
-            self._writer.close()
+            if self._writer is not None:
+                self._writer.close()
             self._jsonl.close()
