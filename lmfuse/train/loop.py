@@ -62,6 +62,12 @@ class Trainer:
 
 
 def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Trainer:
+    if config.train.z_loss and config.model.get("copy_source", False):
+        # A copy output is already log-probabilities: logsumexp is 0 and the penalty is inert.
+        raise LmfuseError(
+            "train.z_loss does nothing on a model.copy_source=True model (its outputs are "
+            "normalised, logsumexp 0); set train.z_loss=0 or model.copy_source=False"
+        )
     fused = bool(fusion_method(config))
     if fused:  # the config gains its LM's model config, read once from the LM's workdir
         config = resolve_fusion(config, tokenizer)

@@ -57,6 +57,15 @@ def test_objective_mismatches_are_one_line_errors(overrides, message):
         objective_for(config)
 
 
+def test_z_loss_on_a_copy_output_model_is_a_one_line_error():
+    config = load_config("configs/s2s_transformer.py:tiny", ["--config.train.z_loss=1e-4"])
+    assert config.model.copy_source
+    with pytest.raises(LmfuseError, match="set train.z_loss=0 or model.copy_source=False"):
+        build_trainer(config, types.SimpleNamespace(vocab_size=61))
+    config.model.copy_source = False  # without the copy output the penalty applies
+    assert build_trainer(config, types.SimpleNamespace(vocab_size=61)).config.train.z_loss == 1e-4
+
+
 def _s2s_trainer(epsilon: float):
     overrides = {"model.emb_dim": 32, "model.num_layers": 1, "model.num_encoder_layers": 1,
                  "model.num_heads": 2, "model.mlp_dim": 64, "model.dropout": 0.0,
