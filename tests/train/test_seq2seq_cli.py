@@ -81,27 +81,26 @@ def test_fusion_flag_mistakes_are_one_line_errors(s2s_workdir, flags, message):
     assert message in result.stderr
 
 
-def test_shallow_fusion_with_an_lm_of_another_vocabulary_is_refused(
-    s2s_workdir, text_corpus, tmp_path
-):
-    lm = tmp_path / "lm"
+@pytest.fixture(scope="module")
+def language_model(text_corpus, tmp_path_factory):
+    """A 2-step LM on monolingual text: its own tokenizer, not the encoder-decoders'."""
+    lm = tmp_path_factory.mktemp("lm")
     trained = run_cli(["train", "--config", "configs/lm_transformer.py:tiny", "--workdir", str(lm),
                        "--no_progress", *tiny_lm_overrides(text_corpus, **{"train.steps": 2,
                                                                           "train.checkpoint_every": 2})])
     assert trained.returncode == 0, trained.stderr
+    return lm
+
+
+def test_shallow_fusion_with_an_lm_of_another_vocabulary_is_refused(s2s_workdir, language_model):
     result = run_cli(["translate", "--workdir", str(s2s_workdir), "--split", "test",
-                      "--fusion", "shallow", "--lm", str(lm)])
+                      "--fusion", "shallow", "--lm", str(language_model)])
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "vocab mismatch" in result.stderr
 
 
-def test_translate_refuses_a_language_model_workdir(text_corpus, tmp_path):
-    lm = tmp_path / "lm"
-    trained = run_cli(["train", "--config", "configs/lm_lstm.py:tiny", "--workdir", str(lm),
-                       "--no_progress", *tiny_lm_overrides(text_corpus, model="lstm", **{
-                           "train.steps": 2, "train.checkpoint_every": 2})])
-    assert trained.returncode == 0, trained.stderr
-    result = run_cli(["translate", "--workdir", str(lm), "--split", "test"])
+def test_translate_refuses_a_language_model_workdir(language_model):
+    result = run_cli(["translate", "--workdir", str(language_model), "--split", "test"])
     assert result.returncode == 2
     assert "translate needs an encoder-decoder" in result.stderr
