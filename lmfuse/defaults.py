@@ -238,7 +238,7 @@ def s2s_config(
             dict(steps=400, batch_size=32, log_every=50, eval_every=400, checkpoint_every=200)
         )
         train = dict(tiny_train or {})
-        config.optimizer.warmup_steps = train.pop("warmup_steps", 50)
+        config.optimizer.warmup_steps = train.pop("warmup_steps", config.optimizer.warmup_steps)
         config.train.update(train)
         config.decode.beam_size = 4
     else:
