@@ -39,6 +39,7 @@ SIZES = {
         "s2s_steps": 250,  # every encoder-decoder trained from scratch (tiny config: 400)
         "deep_steps": 100,  # deep / linear fusion, from the plain encoder-decoder
         "linear_steps": 100,
+        "rnn_step_scale": 2,  # the tiny RNN's batches are 16 rows, the Transformer's 32
         "beam_size": 4,
         "checkpoints": 2,  # kept per encoder-decoder, chosen between on validation BLEU
         "eval_sentences": 100,  # first N verses of validation and of test
@@ -50,6 +51,7 @@ SIZES = {
         "s2s_steps": 0,
         "deep_steps": 0,
         "linear_steps": 0,
+        "rnn_step_scale": 1,  # the full configs' batches are the same size
         "beam_size": 0,  # 0: the config's (4)
         "checkpoints": 4,
         "eval_sentences": 0,  # 0: the full splits
@@ -85,6 +87,7 @@ def plan(budget: str, settings: dict) -> fusion_cells.Plan:
         checkpoints=settings["checkpoints"],
         lambdas=settings["lambdas"],
         eval_sentences=settings["eval_sentences"],
+        step_scale={"rnn": sizes["rnn_step_scale"]},
     )
 
 

@@ -74,6 +74,9 @@ class Plan:
     checkpoints: int  # checkpoints kept per encoder-decoder, chosen among on validation
     lambdas: tuple[float, ...]
     eval_sentences: int  # first N validation / test pairs in file order (0: all)
+    # Steps multiplier per backbone, so backbones whose configs train smaller batches see as
+    # many tokens as the others (the tiny RNN trains 16 rows a step, the Transformer 32).
+    step_scale: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def spec(self, path: str) -> str:
         return f"{path}:{self.variant}" if self.variant else path
@@ -139,6 +142,7 @@ def _s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     base = plan.s2s_overrides
     if method in TRAINED:
         base += _recipe(plan, method)
+    base += _scaled_steps(plan, spec, backbone, base)
     user = user_overrides(ctx, spec, base)
     defining = [override("data.train_fraction", percent / 100)]
     if method in TRAINED:
@@ -164,6 +168,16 @@ def _recipe(plan: Plan, method: str) -> tuple[str, ...]:
     steps = plan.method_steps.get(method, 0)
     return (override("optimizer.learning_rate", rate),
             *([override("train.steps", steps)] if steps else []))
+
+
+def _scaled_steps(plan: Plan, spec: str, backbone: str, base: tuple[str, ...]
+                  ) -> tuple[str, ...]:
+    scale = plan.step_scale.get(backbone, 1)
+    if scale == 1:
+        return ()
+    from lmfuse.config import load_config
+
+    return (override("train.steps", scale * load_config(spec, base).train.steps),)
 
 
 def _lm_run(ctx: RunContext, plan: Plan, percent: float | None) -> TrainRun:

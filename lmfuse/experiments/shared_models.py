@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -88,13 +89,17 @@ def record_artifact(ctx: RunContext, name: str, **values) -> None:
     """<workdir>/artifacts.json: each shared model's command, first training time, and an
     LM's validation perplexity."""
     path = ctx.workdir / "artifacts.json"
-    table = artifacts(ctx)
-    entry = table.setdefault(name, {})
-    for key, value in values.items():
-        if key.endswith("seconds") and not value and entry.get(key):
-            continue  # found finished: keep the time it took when it was trained
-        entry[key] = round(value, 1) if isinstance(value, float) else value
-    write_json(path, table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Locked, because two runs of one grid (different --set fractions=...) may share a workdir.
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = artifacts(ctx)
+        entry = table.setdefault(name, {})
+        for key, value in values.items():
+            if key.endswith("seconds") and not value and entry.get(key):
+                continue  # found finished: keep the time it took when it was trained
+            entry[key] = round(value, 1) if isinstance(value, float) else value
+        write_json(path, table)
 
 
 def trained_lm(ctx: RunContext, run: TrainRun) -> dict[str, Any]:

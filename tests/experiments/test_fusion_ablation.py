@@ -175,3 +175,33 @@ def test_settings_take_their_defaults_types():
                       "eval_sentences": 0}
     with pytest.raises(LmfuseError, match="expects int"):
         parse_settings(defaults, {"eval_sentences": "many"})
+
+
+def _train_steps(run) -> int:
+    return run.load().train.steps
+
+
+def test_the_cpu_budget_gives_both_backbones_the_same_training_tokens(monkeypatch):
+    """The tiny RNN trains 16 rows a step and the tiny Transformer 32, so the cpu budget runs
+    the RNN's from-scratch and fine-tuned models for twice the steps; a user's train.steps
+    still wins."""
+    import importlib.util
+
+    from lmfuse.experiments import fusion_cells
+    from lmfuse.experiments.runner import RunContext
+
+    monkeypatch.chdir(REPO)
+    spec = importlib.util.spec_from_file_location("fusion_ablation_file", EXPERIMENT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plan = module.plan("cpu", module.defaults("cpu"))
+
+    def rows_seen(overrides: tuple[str, ...], backbone: str, method: str) -> int:
+        ctx = RunContext(Path("unused"), "cpu", {}, overrides)
+        run = fusion_cells._s2s_run(ctx, plan, 5.0, backbone, method)
+        return _train_steps(run) * run.load().train.batch_size
+
+    for method in ("none", "cold", "deep", "linear"):
+        assert rows_seen((), "rnn", method) == rows_seen((), "transformer", method), method
+    user = ("--config.train.steps=7",)
+    assert rows_seen(user, "rnn", "none") * 2 == rows_seen(user, "transformer", "none")
