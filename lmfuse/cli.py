@@ -8,7 +8,8 @@
     lmfuse sample  --workdir W --prompt "..." [--max_len N --temperature T --top_k K --beam K ...]
     lmfuse translate --workdir W [--input F | --split test] [--output F] [--beam K]
     lmfuse experiment experiments/E.py [--budget cpu|gpu] [--workdir W] [--results R]
-                      [--set name=value ...] [--config.key=value ...]   (resumable grid)
+                      [--set name=value ...] [--config.key=value ...] [--report_only]
+                      (resumable grid; --report_only: only rewrite its tables)
 
 A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2.
 """

@@ -111,8 +111,10 @@ def run_experiment(
     settings: dict[str, str] | None = None,
     overrides: Sequence[str] = (),
     command: str = "",
+    report_only: bool = False,
 ) -> list[CellRecord]:
-    """Runs every unfinished cell of the experiment in `path`, then writes its report."""
+    """Runs every unfinished cell of the experiment in `path`, then writes its report
+    (`report_only`: runs nothing, and reports the cells the workdir's ledger holds)."""
     if budget not in BUDGETS:
         raise LmfuseError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     experiment = load_experiment_file(path).get_experiment(budget, dict(settings or {}))
@@ -121,8 +123,18 @@ def run_experiment(
     if experiment.check is not None:
         experiment.check(context)
     ledger = Ledger(workdir)
+    if report_only and not (workdir / "experiment.json").is_file():
+        raise LmfuseError(f"workdir {workdir} holds no results of this experiment to report; "
+                          "run it without --report_only first (or pass its --workdir)")
     ledger.claim(_identity(experiment, overrides))
     command = command or shlex.join(["lmfuse", "experiment", str(path), "--budget", budget])
+    if report_only:
+        records = [ledger.read(cell.key) or CellRecord(cell.key, dict(cell.labels), PENDING, 0.0)
+                   for cell in experiment.cells]
+        _report(experiment, records, context, Path(results_dir), command, final=True)
+        done = sum(r.status == OK for r in records)
+        print(f"{experiment.name}: reported {done}/{len(records)} cells finished")
+        return records
     records = _run_cells(experiment, context, ledger, Path(results_dir), command)
     failed = sum(r.status == FAILED for r in records)
     print(f"{experiment.name}: {len(records) - failed}/{len(records)} cells ok"

@@ -157,6 +157,38 @@ def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
             run(args)
 
 
+def test_report_only_tables_the_ledger_without_running_anything(grid, pair_corpus):
+    """A grid run in parts is reported as one table: finished cells as they were scored,
+    the others as not run yet, and nothing trained or decoded."""
+    args = grid_args(pair_corpus, grid["root"])
+    args[args.index("methods=none,shallow,cold")] = "methods=none,shallow,deep"
+    results = grid["root"] / "report_only"
+    args[args.index(str(grid["root"] / "results"))] = str(results)
+    work = grid["root"] / "work"
+    before = sorted(p.name for p in work.iterdir())
+    result = fast_cli([*args, "--report_only"])
+    assert result.returncode == 0, result.stderr
+    assert "reported 2/3 cells finished" in result.stdout
+    rows = read_csv(results / "fusion_ablation.csv")
+    for method in ("none", "shallow"):
+        assert rows[method] == grid["rows"][method]
+    assert rows["deep"]["status"] == "pending" and rows["deep"]["test_bleu"] == ""
+    md = (results / "fusion_ablation.md").read_text(encoding="utf-8")
+    assert "| deep | not run yet |" in md
+    assert "--report_only" not in md  # the table names the command that runs its cells
+    assert sorted(p.name for p in work.iterdir()) == before  # no deep-fusion workdir
+    assert checkpoint_mtimes(work) == grid["mtimes"]
+
+
+def test_report_only_on_an_empty_workdir_is_a_one_line_error(tmp_path):
+    result = run_cli(["experiment", EXPERIMENT, "--workdir", str(tmp_path / "w"),
+                      "--report_only"])
+    assert result.returncode == 2
+    assert "holds no results of this experiment" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "w").exists()
+
+
 def test_an_unknown_setting_is_a_one_line_error_listing_the_valid_ones(tmp_path):
     result = run_cli(["experiment", EXPERIMENT, "--workdir", str(tmp_path / "w"),
                       "--set", "fractoins=5"])
