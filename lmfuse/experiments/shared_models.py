@@ -98,7 +98,8 @@ def record_artifact(ctx: RunContext, name: str, **values) -> None:
         for key, value in values.items():
             if key.endswith("seconds") and not value and entry.get(key):
                 continue  # found finished: keep the time it took when it was trained
-            entry[key] = round(value, 1) if isinstance(value, float) else value
+            # Times to a tenth; a perplexity whole, as the cells that use the model record it.
+            entry[key] = round(value, 1) if key.endswith("seconds") else value
         write_json(path, table)
 
 

@@ -6,6 +6,7 @@ and mistakes are one-line errors."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shlex
 from pathlib import Path
@@ -16,6 +17,7 @@ from grid_runs import checkpoint_mtimes, fast_cli, read_csv, run_grid, tiny_grid
 
 from lmfuse.cli import run
 from lmfuse.errors import LmfuseError
+from lmfuse.experiments.report_parts import fmt
 from lmfuse.experiments.settings import parse_settings
 
 EXPERIMENT = "experiments/fusion_ablation.py"
@@ -71,6 +73,9 @@ def test_the_grid_writes_tables_and_plots_with_real_scores(grid):
     assert math.isfinite(float(rows["shallow"]["lm_perplexity"]))
     assert rows["none"]["lambda"] == "" and rows["none"]["lm_perplexity"] == ""
     assert "[1/3] f100-transformer-none: ok" in out
+    # The shared-model record holds the perplexity the cell reports, not a rounding of it.
+    shared = json.loads((grid["root"] / "work" / "artifacts.json").read_text(encoding="utf-8"))
+    assert rows["shallow"]["lm_perplexity"] == fmt(shared["lm_target"]["validation_perplexity"])
 
 
 def test_choices_are_the_best_validation_points_of_the_stored_sweeps(grid):
