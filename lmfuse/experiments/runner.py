@@ -129,8 +129,7 @@ def run_experiment(
     ledger.claim(_identity(experiment, overrides))
     command = command or shlex.join(["lmfuse", "experiment", str(path), "--budget", budget])
     if report_only:
-        records = [ledger.read(cell.key) or CellRecord(cell.key, dict(cell.labels), PENDING, 0.0)
-                   for cell in experiment.cells]
+        records = [ledger.read(cell.key) or _pending(cell) for cell in experiment.cells]
         _report(experiment, records, context, Path(results_dir), command, final=True)
         done = sum(r.status == OK for r in records)
         print(f"{experiment.name}: reported {done}/{len(records)} cells finished")
@@ -169,11 +168,14 @@ def _run_cells(experiment: Experiment, context: RunContext, ledger: Ledger, resu
         print(f"{head}: {status} ({record.seconds:.1f}s)", flush=True)
         records.append(record)
         # Written after every cell, so a long grid's partial results are always on disk.
-        pending = [CellRecord(c.key, dict(c.labels), PENDING, 0.0)
-                   for c in experiment.cells[index:]]
+        pending = [_pending(c) for c in experiment.cells[index:]]
         _report(experiment, records + pending, context, results_dir, command, final=False)
     _report(experiment, records, context, results_dir, command, final=True)
     return records
+
+
+def _pending(cell: Cell) -> CellRecord:
+    return CellRecord(cell.key, dict(cell.labels), PENDING, 0.0)
 
 
 def _run_cell(cell: Cell, context: RunContext, ledger: Ledger) -> CellRecord:
