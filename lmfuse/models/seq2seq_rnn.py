@@ -91,6 +91,7 @@ import jax.numpy as jnp
 from lmfuse.data.tokenizer import PAD_ID
 from lmfuse.decode.step import _prompt_layout
 from lmfuse.models.copy import CopyHead
+from lmfuse.models.encoder_decoder import EncoderDecoder
 from lmfuse.models.layers import Embed, Head, compute_dtype, constrain, partitioned, segment_starts
 from lmfuse.models.rnn import (
     NUM_GATES,
@@ -405,7 +406,7 @@ class Decoder(nn.Module):
         return constrain(hidden, ("batch", "length", "embed")), weights, carry
 
 
-class Seq2SeqRNN(nn.Module):
+class Seq2SeqRNN(EncoderDecoder):
     """RNN encoder-decoder with attention. See the module docstring for shapes, params, state.
 
     Calls (all through `model.apply({'params': p}, ..., rngs={'dropout': key})`):
@@ -438,29 +439,6 @@ class Seq2SeqRNN(nn.Module):
             self.lm_head = Head(c.vocab_size, "embed", c.dtype)
         if c.copy_source:
             self.copy_head = CopyHead(c.emb_dim, 2 * c.hidden_dim, c.hidden_dim, c.dtype)
-
-    def __call__(
-        self,
-        inputs: jax.Array,
-        decoder_inputs: jax.Array,
-        inputs_segment_ids: jax.Array | None = None,
-        decoder_segment_ids: jax.Array | None = None,
-        inputs_positions: jax.Array | None = None,
-        decoder_positions: jax.Array | None = None,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        """Teacher-forced float32 logits [B, T, V] (with copy_source, normalised log-probs)."""
-        encoded = self.encode(inputs, inputs_segment_ids, inputs_positions, deterministic)
-        hidden = self.decode_hidden(
-            encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids, decoder_positions,
-            deterministic,
-        )
-        logits = self.logits_from_hidden(hidden)
-        if not self.cfg.copy_source:
-            return logits
-        return self.copy_log_probs(
-            hidden, logits, encoded, inputs, inputs_segment_ids, decoder_segment_ids
-        )
 
     def encode(
         self,
@@ -522,15 +500,6 @@ class Seq2SeqRNN(nn.Module):
             deterministic, False, None, None,
         )
         return weights
-
-    def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
-        """[B, T, E] -> float32 logits [B, T, V]."""
-        logits = self.wte.attend(hidden) if self.cfg.tie_embeddings else self.lm_head(hidden)
-        return constrain(logits, ("batch", "length", "vocab"))
-
-    def copy_keys(self, encoded: jax.Array) -> jax.Array:
-        """Encoder memory [B, S, 2H] -> the copy head's pointer keys [B, S, H]."""
-        return self.copy_head.keys(encoded)
 
     def copy_log_probs(
         self,

@@ -77,6 +77,7 @@ import jax.numpy as jnp
 from lmfuse.data.tokenizer import PAD_ID
 from lmfuse.decode.step import _prompt_layout
 from lmfuse.models.copy import CopyHead
+from lmfuse.models.encoder_decoder import EncoderDecoder
 from lmfuse.models.layers import Embed, Head, compute_dtype, constrain, segment_mask
 from lmfuse.models.transformer import (
     BLOCK_SCAN_IN_AXES,
@@ -377,7 +378,7 @@ class TransformerDecoder(nn.Module):
         return x, {"layers": new_layers, "segment_ids": new_segments}
 
 
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(EncoderDecoder):
     """Transformer encoder-decoder. See the module docstring for shapes, param tree and cache.
 
     Calls (all through `model.apply({'params': p}, ..., rngs={'dropout': key})`):
@@ -408,30 +409,6 @@ class Seq2SeqTransformer(nn.Module):
         if c.copy_source:
             self.copy_head = CopyHead(c.emb_dim, c.emb_dim, c.head_size, c.dtype)
 
-    def __call__(
-        self,
-        inputs: jax.Array,
-        decoder_inputs: jax.Array,
-        inputs_segment_ids: jax.Array | None = None,
-        decoder_segment_ids: jax.Array | None = None,
-        inputs_positions: jax.Array | None = None,
-        decoder_positions: jax.Array | None = None,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        """Teacher-forced logits [B, T, V] float32 for source [B, S] and decoder inputs [B, T]
-        (with copy_source, normalised log-probs)."""
-        encoded = self.encode(inputs, inputs_segment_ids, inputs_positions, deterministic)
-        hidden = self.decode_hidden(
-            encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids, decoder_positions,
-            deterministic,
-        )
-        logits = self.logits_from_hidden(hidden)
-        if not self.cfg.copy_source:
-            return logits
-        return self.copy_log_probs(
-            hidden, logits, encoded, inputs, inputs_segment_ids, decoder_segment_ids
-        )
-
     def encode(
         self,
         inputs: jax.Array,
@@ -460,18 +437,6 @@ class Seq2SeqTransformer(nn.Module):
             decoder_inputs, encoded, inputs_segment_ids, decoder_segment_ids, decoder_positions,
             deterministic, zero_context, cache, cache_index,
         )
-
-    def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
-        """[B, T, E] -> float32 logits [B, T, V]."""
-        if self.cfg.tie_embeddings:
-            logits = self.wte.attend(hidden)
-        else:
-            logits = self.lm_head(hidden)
-        return constrain(logits, ("batch", "length", "vocab"))
-
-    def copy_keys(self, encoded: jax.Array) -> jax.Array:
-        """Encoder output [B, S, E] -> the copy head's pointer keys [B, S, head_size]."""
-        return self.copy_head.keys(encoded)
 
     def copy_log_probs(
         self,
