@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from lmfuse.cli import quiet_library_logs
 from lmfuse.config import load_config
 from lmfuse.errors import LmfuseError
 
@@ -165,6 +166,7 @@ def plot(lm_dir: Path, s2s_dir: Path, scores: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_library_logs()  # as the lmfuse commands do: Orbax's routine notices are not news
     root = Path(args.workdir)
     lm_dir, s2s_dir = root / "lm_transformer", root / "s2s_transformer"
     started = time.perf_counter()

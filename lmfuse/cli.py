@@ -141,7 +141,7 @@ def _check_workdir_config(workdir: str, config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_library_logs()
+    quiet_library_logs()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except LmfuseError as e:
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _quiet_library_logs() -> None:
+def quiet_library_logs() -> None:
     """Orbax and TFDS log routine notices as absl WARNINGs; keep the terminal for lmfuse."""
     import logging
 

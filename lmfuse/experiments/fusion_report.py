@@ -101,6 +101,7 @@ def markdown(report: ReportInput, rows: list[dict[str, str]], task: str) -> str:
         "- Wall time: the cell's own work (training, checkpoint choice, λ sweep, decoding); "
         "`none` counts its encoder-decoder's training and checkpoint choice, which the "
         "decode-time cells then reuse; the LMs are listed below.",
+        *copy_baseline_lines(report.records),
         "",
         "| fraction % | backbone | method | choice | val BLEU | val PINC | test BLEU | "
         "test chrF | test PINC | LM ppl | wall s |",
@@ -125,6 +126,24 @@ def markdown(report: ReportInput, rows: list[dict[str, str]], task: str) -> str:
     return "\n".join(lines)
 
 
+def copy_baseline(records: list[CellRecord]) -> dict[str, float] | None:
+    """Test scores of the source copied as the output: every cell decodes the same verses, so
+    any finished cell holds them. The bar a style-transfer system has to clear."""
+    for record in records:
+        if record.status == OK:
+            test = record.values["test"]
+            return {"bleu": test["copy_bleu"], "chrf": test["copy_chrf"]}
+    return None
+
+
+def copy_baseline_lines(records: list[CellRecord]) -> list[str]:
+    copy = copy_baseline(records)
+    if copy is None:
+        return []
+    return [f"- Copying the source as the output scores test BLEU {copy['bleu']:.2f} "
+            f"(chrF {copy['chrf']:.2f}, PINC 0): the dotted line in the plot."]
+
+
 # ---------------------------------------------------------------------------------------------
 # Plots (matplotlib's object API renders with Agg; pyplot's global state is never touched)
 
@@ -133,6 +152,7 @@ def plot_bleu(records: list[CellRecord], path: Path) -> None:
     from matplotlib.figure import Figure
 
     ok = [r for r in records if r.status == OK]
+    copy = copy_baseline(records)
     backbones = list(dict.fromkeys(r.labels["backbone"] for r in records)) or ["-"]
     fig = Figure(figsize=(5.5 * len(backbones), 4.2), layout="constrained")
     axes = fig.subplots(1, len(backbones), squeeze=False)[0]
@@ -145,6 +165,8 @@ def plot_bleu(records: list[CellRecord], path: Path) -> None:
             style = ({"color": "black", "linewidth": 2.2} if method == "none" else
                      {"linestyle": "-" if method in DECODE_TIME else "--"})
             ax.plot(*zip(*points, strict=True), marker="o", label=method, **style)
+        if copy is not None:
+            ax.axhline(copy["bleu"], color="gray", linestyle=":", label="copy source")
         fractions = sorted({r.labels["fraction"] for r in ok if r.labels["backbone"] == backbone})
         ax.set_xscale("log")
         if fractions:

@@ -41,14 +41,20 @@ def _handlers() -> dict:
     }
 
 
+def _read_only_options() -> ocp.CheckpointManagerOptions:
+    # Save-side options set to what read_only implies, so Orbax has nothing to warn about.
+    return ocp.CheckpointManagerOptions(
+        read_only=True, create=False, max_to_keep=None, save_interval_steps=0
+    )
+
+
 def make_manager(
     workdir: str | Path, keep: int = 3, every: int | None = None, read_only: bool = False
 ) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
+    options = _read_only_options() if read_only else ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         save_interval_steps=every or 1,
-        create=not read_only,
-        read_only=read_only,
+        create=True,
         enable_async_checkpointing=True,
     )
     return ocp.CheckpointManager(
@@ -109,7 +115,7 @@ def read_json_item(workdir: str | Path, item: str, step: int | None = None) -> d
     if not directory.is_dir():
         raise LmfuseError(f"no checkpoints in workdir {workdir}; train first with lmfuse train")
     manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        directory, options=_read_only_options(),
         item_handlers=_handlers(),
     )
     step = manager.latest_step() if step is None else step

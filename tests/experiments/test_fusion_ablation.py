@@ -78,6 +78,18 @@ def test_the_grid_writes_tables_and_plots_with_real_scores(grid):
     assert rows["shallow"]["lm_perplexity"] == fmt(shared["lm_target"]["validation_perplexity"])
 
 
+def test_the_table_names_the_copy_baseline_of_the_scored_verses(grid):
+    import sacrebleu
+
+    # Independently: sacrebleu on the test sources themselves, as if copied as the output.
+    evaluated = grid["root"] / "work" / "eval"
+    sources = (evaluated / "test.first12.src").read_text(encoding="utf-8").splitlines()
+    references = (evaluated / "test.first12.ref").read_text(encoding="utf-8").splitlines()
+    copy_bleu = sacrebleu.corpus_bleu(sources, [references]).score
+    table = (grid["root"] / "results" / "fusion_ablation.md").read_text(encoding="utf-8")
+    assert f"Copying the source as the output scores test BLEU {copy_bleu:.2f} " in table
+
+
 def test_choices_are_the_best_validation_points_of_the_stored_sweeps(grid):
     with (grid["root"] / "results" / "fusion_ablation_sweeps.csv").open(encoding="utf-8") as f:
         sweeps = list(csv.DictReader(f))

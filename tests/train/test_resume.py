@@ -140,6 +140,18 @@ def test_eval_writes_json_with_all_perplexities(text_corpus, trained_workdir):
     assert f"{report['perplexity']:.3f}" in result.stdout
 
 
+def test_a_read_only_manager_has_no_save_options_for_orbax_to_override(trained_workdir, caplog):
+    from lmfuse.train import checkpoint
+
+    # Readers (eval, sample, translate, fusion) open every checkpoint this way; options that
+    # contradict read_only make Orbax log a warning per option, per checkpoint opened.
+    with caplog.at_level("WARNING", logger="absl"):
+        manager = checkpoint.make_manager(trained_workdir, read_only=True)
+        assert manager.latest_step() == 20
+        manager.close()
+    assert not [r for r in caplog.records if "CheckpointManagerOptions" in r.getMessage()]
+
+
 def test_eval_on_a_missing_workdir_is_a_one_line_error(tmp_path):
     result = run_cli(["eval", "--workdir", str(tmp_path / "nowhere")])
     assert result.returncode == 2
