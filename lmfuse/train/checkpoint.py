@@ -41,17 +41,14 @@ def _handlers() -> dict:
     }
 
 
-def _read_only_options() -> ocp.CheckpointManagerOptions:
-    # Save-side options set to what read_only implies, so Orbax has nothing to warn about.
-    return ocp.CheckpointManagerOptions(
-        read_only=True, create=False, max_to_keep=None, save_interval_steps=0
-    )
-
-
 def make_manager(
     workdir: str | Path, keep: int = 3, every: int | None = None, read_only: bool = False
 ) -> ocp.CheckpointManager:
-    options = _read_only_options() if read_only else ocp.CheckpointManagerOptions(
+    # A reader's save-side options are what read_only implies, so Orbax has nothing to warn
+    # about each time eval, translate or fusion opens a checkpoint.
+    options = ocp.CheckpointManagerOptions(
+        read_only=True, create=False, max_to_keep=None, save_interval_steps=0
+    ) if read_only else ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         save_interval_steps=every or 1,
         create=True,
@@ -114,10 +111,7 @@ def read_json_item(workdir: str | Path, item: str, step: int | None = None) -> d
     directory = checkpoint_dir(workdir)
     if not directory.is_dir():
         raise LmfuseError(f"no checkpoints in workdir {workdir}; train first with lmfuse train")
-    manager = ocp.CheckpointManager(
-        directory, options=_read_only_options(),
-        item_handlers=_handlers(),
-    )
+    manager = make_manager(workdir, read_only=True)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise LmfuseError(f"workdir {workdir} has no finished checkpoint")
