@@ -4,7 +4,7 @@ lmfuse data prepare --config configs/data_bible.py
 lmfuse data show --config configs/data_bible.py:translate --config.data.source=ylt
 """
 
-from lmfuse.defaults import base_config
+from lmfuse.schema import base_config
 
 VARIANTS = ("lm", "translate", "tiny")
 

@@ -4,12 +4,12 @@ lmfuse train --config configs/lm_transformer.py --workdir workdirs/lm_transforme
 lmfuse train --config configs/lm_transformer.py:tiny --workdir workdirs/lm_transformer_tiny
 """
 
-from lmfuse.defaults import lm_config
+from presets import lm_config, tiny_variant
 
 
 def get_config(variant=None):
     return lm_config(
-        variant,
+        tiny_variant(variant),
         model=dict(
             name="transformer",
             emb_dim=512,

@@ -6,12 +6,12 @@ lmfuse train --config configs/mlm_bert.py:tiny --workdir workdirs/mlm_bert_tiny
 lmfuse eval --workdir workdirs/mlm_bert_tiny     # masked-token accuracy and perplexity
 """
 
-from lmfuse.defaults import lm_config
+from presets import lm_config, tiny_variant
 
 
 def get_config(variant=None):
     config = lm_config(
-        variant,
+        tiny_variant(variant),
         model=dict(
             name="masked_lm",
             emb_dim=512,

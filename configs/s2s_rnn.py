@@ -6,12 +6,12 @@ lmfuse train --config configs/s2s_rnn.py:tiny --workdir workdirs/s2s_rnn_tiny
 lmfuse train --config configs/s2s_rnn.py:tiny --config.model.attention=luong ...
 """
 
-from lmfuse.defaults import s2s_config
+from presets import s2s_config, tiny_variant
 
 
 def get_config(variant=None):
     return s2s_config(
-        variant,
+        tiny_variant(variant),
         model=dict(
             name="s2s_rnn",
             cell="lstm",

@@ -6,12 +6,12 @@ lmfuse train --config configs/s2s_transformer.py:tiny --config.data.source=kjv .
 lmfuse train --config configs/s2s_transformer.py:tiny --config.data.source=rv1909 ...  # es -> en
 """
 
-from lmfuse.defaults import s2s_config
+from presets import s2s_config, tiny_variant
 
 
 def get_config(variant=None):
     return s2s_config(
-        variant,
+        tiny_variant(variant),
         model=dict(
             name="s2s_transformer",
             emb_dim=512,

@@ -5,12 +5,12 @@ and the decoder writes the hidden spans (`lmfuse.data.noising`).
 lmfuse train --config configs/t5_span.py:tiny --workdir workdirs/t5_span_tiny
 """
 
-from lmfuse.defaults import lm_config
+from presets import lm_config, tiny_variant
 
 
 def get_config(variant=None):
     config = lm_config(
-        variant,
+        tiny_variant(variant),
         model=dict(
             name="s2s_transformer",
             emb_dim=512,

@@ -365,7 +365,7 @@ def profile(hf, model, params, batch_sizes: list[int], new_tokens: int, vocab: i
             if i >= new_tokens // 2 - 10:  # steps around the middle of the cache
                 times.append(time.perf_counter() - start)
         ours = statistics.median(times) * 1e3
-        cache_mb = (state["k"].nbytes + state["v"].nbytes) / 2**20
+        cache_mb = sum(x.nbytes for x in jax.tree.leaves(state["cache"]["layers"])) / 2**20
 
         ids = torch.from_numpy(prompt).long().repeat(1, 1 + new_tokens // (2 * PROMPT_LEN))
         times = []

@@ -36,9 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import cpu_model, write_generated_block  # noqa: E402
 
 from lmfuse.data.tokenizer import BOS_ID  # noqa: E402
-from lmfuse.decode import beam_search, lm_decode_step  # noqa: E402
+from lmfuse.decode import beam_search, lm_decode_step, seq2seq_decode_step  # noqa: E402
 from lmfuse.decode.fusion import fused_params, fusion_weights, shallow_fusion  # noqa: E402
-from lmfuse.decode.step import seq2seq_decode_step  # noqa: E402
 from lmfuse.models import build_model, model_defaults  # noqa: E402
 
 SECTION = "## Fusion decoding cost (CPU)"

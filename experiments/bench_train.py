@@ -93,7 +93,7 @@ class _VocabOnly:
 
 def lmfuse_config(model: str, batch: int, overrides: list[str]):
     from lmfuse.config import apply_override
-    from lmfuse.defaults import base_config
+    from lmfuse.schema import base_config
 
     m = MODELS[model]
     config = base_config()
@@ -130,7 +130,7 @@ class JaxRunner:
         import jax
 
         from lmfuse.train import sharding
-        from lmfuse.train.loop import build_trainer
+        from lmfuse.train.trainer import build_trainer
 
         self.jax, self.sharding = jax, sharding
         config = lmfuse_config(model, batch, overrides)
@@ -140,7 +140,7 @@ class JaxRunner:
         self.num_params = self.trainer.num_params
         self.key = jax.random.key(1)
         self.index = 0
-        with sharding.activate(self.trainer.mesh):
+        with sharding.activate(self.trainer.mesh, self.trainer.rules):
             self.state = jax.block_until_ready(self.trainer.init_fn(jax.random.key(0)))
         self.versions = {"jax": jax.__version__, "jaxlib_backend": jax.default_backend()}
         self.threads = len(os.sched_getaffinity(0))  # XLA:CPU sizes its thread pool by this
@@ -148,9 +148,9 @@ class JaxRunner:
     def steps(self, k: int) -> float:
         jax, trainer = self.jax, self.trainer
         metrics = None
-        with self.sharding.activate(trainer.mesh):
+        with self.sharding.activate(trainer.mesh, trainer.rules):
             for _ in range(k):
-                batch = self.sharding.global_batch(self.batches[self.index % NUM_BATCHES], trainer.mesh)
+                batch = self.sharding.global_batch(self.batches[self.index % NUM_BATCHES], trainer.mesh, trainer.rules)
                 self.index += 1
                 self.state, metrics = trainer.train_step(self.state, batch, self.key)
             jax.block_until_ready((self.state, metrics))

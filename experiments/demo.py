@@ -47,18 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_model(config_file: str, workdir: Path, steps: int) -> dict:
     """Trains (or resumes, or finds finished) a workdir; returns its validation metrics."""
-    from lmfuse.train.loop import evaluate, train
-    from lmfuse.train.workdir import load_trained
+    from lmfuse.train.evaluation import evaluate
+    from lmfuse.train.loop import train
+    from lmfuse.train.workdir import load_model
 
     overrides = [f"--config.train.steps={steps}"] if steps else []
     config = load_config(config_file, overrides)
     print(f"\n== {config_file} -> {workdir} ({config.train.steps} steps)", flush=True)
     train(config, workdir, progress=True)
     cached = workdir / "demo_validation.json"
-    trainer, state, step = load_trained(workdir)
+    trainer, params, step = load_model(workdir)
     if cached.is_file() and json.loads(cached.read_text())["step"] == step:
         return json.loads(cached.read_text())
-    result = {"step": step, **evaluate(trainer, state.params, "validation")}
+    result = {"step": step, **evaluate(trainer, params, "validation")}
     cached.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -67,19 +68,15 @@ def decode_scores(s2s_dir: Path, lm_dir: Path, args: argparse.Namespace) -> dict
     """Test scores of the plain and the shallow-fused decoder, λ chosen on validation."""
     from flax import linen as nn
 
-    from lmfuse.decode.cli_translate import split_pairs
-    from lmfuse.decode.fusion_setup import FusionFlags, build_decode_fusion
-    from lmfuse.decode.translate import TranslateOptions, translate_lines
-    from lmfuse.evaluate.metrics import score_translations
-    from lmfuse.train.workdir import load_trained
+    from lmfuse.evaluate.fusion_setup import FusionFlags, build_decode_fusion
+    from lmfuse.evaluate.translation import TranslateOptions, split_pairs, translate_and_score
+    from lmfuse.train.workdir import load_model
 
-    trainer, state, step = load_trained(s2s_dir)
-    params = nn.meta.unbox(state.params)
+    trainer, params, step = load_model(s2s_dir)
+    params = nn.meta.unbox(params)
     config = trainer.config
-    options = TranslateOptions(beam_size=args.beam, alpha=config.decode.alpha,
-                               max_source_tokens=config.data.max_length,
-                               max_new_tokens=config.data.max_length,
-                               batch_size=config.decode.batch_size, progress=True)
+    options = TranslateOptions.from_config(config, beam_size=args.beam,
+                                           max_new_tokens=config.data.max_length, progress=True)
     splits = {}
     for split in ("validation", "test"):
         sources, references = split_pairs(config, split)
@@ -90,8 +87,8 @@ def decode_scores(s2s_dir: Path, lm_dir: Path, args: argparse.Namespace) -> dict
         decoder, fused_params = build_decode_fusion(trainer, params, flags,
                                                     options.max_new_tokens)
         started = time.perf_counter()
-        out = translate_lines(decoder, fused_params, trainer.tokenizer, sources, options)
-        scores = score_translations(out.hypotheses, references, sources)
+        out, scores = translate_and_score(decoder, fused_params, trainer.tokenizer, sources,
+                                          references, options)
         scores.update(hypotheses=out.hypotheses, seconds=time.perf_counter() - started)
         return scores
 

@@ -1,35 +1,96 @@
 """Fusion ablation: how much does fusing a target-side LM help as parallel data shrinks?
 
-    lmfuse experiment experiments/fusion_ablation.py --budget cpu
-    lmfuse experiment experiments/fusion_ablation.py --budget gpu
-    lmfuse experiment experiments/fusion_ablation.py --set fractions=5 --set methods=none,shallow
+    python experiments/fusion_ablation.py --budget cpu
+    python experiments/fusion_ablation.py --budget gpu
+    python experiments/fusion_ablation.py --fractions 5 --methods none shallow
 
 Grid: parallel-data fraction {1, 5, 20, 100}% of the training pairs (`data.train_fraction`, a
 fixed subset, smaller fractions inside larger ones) x method {none, shallow, density_ratio,
 ilme, deep, cold, simple_postnorm, simple_prenorm, linear} x backbone {transformer, rnn}, on
 Bible style transfer YLT -> ASV (configs/s2s_transformer.py and configs/s2s_rnn.py). The LM is
 configs/lm_transformer.py on all ASV training text, for both backbones (the fused models take
-any decoder-only LM; a Transformer LM with an RNN encoder-decoder trains and decodes).
-`lmfuse.experiments.fusion_cells` says which model is trained from what, and how choices are
-made on validation only; the results go to experiments/results/fusion_ablation.{md,csv,png}.
+any decoder-only LM; a Transformer LM with an RNN encoder-decoder trains and decodes). The
+results go to experiments/results/fusion_ablation.{md,csv,png}.
+
+Models, as `lmfuse train` runs (each one a workdir under the study's workdir):
+
+    lm_target                       the target-side LM: all target (ASV) training text; every
+                                    fused cell uses it
+    lm_f<p>                         density ratio's "source-domain" LM (McDermott et al.): the
+                                    same LM on the target side of fraction p's parallel data
+                                    (at 100% that is lm_target's text: lm_target is reused)
+    s2s_<backbone>_f<p>             the plain encoder-decoder ('none'): the base that shallow,
+                                    density-ratio and ILME decoding fuse, and the model that
+                                    deep and linear fusion start from (its last checkpoint)
+    <method>_<backbone>_f<p>        a trained fusion (configs/fusion.py:<method>): cold and
+                                    simple_* from scratch with the frozen LM, deep and linear
+                                    from s2s_<backbone>_f<p>
+
+On the Bible corpus the LMs read the lm view of the target version (`data.versions`), whose
+`data.train_fraction` keeps exactly the verses the translate view keeps (the same fixed
+permutation over the same verse list), and every model gets the tokenizer of
+`tokenizer.versions`. On other corpora (your files) the LMs train on the target side of the
+parallel files, written out as text, and every model is pinned to the encoder-decoder's
+tokenizer (`tokenizer.model_file`), so all of them share one vocabulary.
+
+Selection uses validation only: a trained model's checkpoint (every kept one is decoded) and a
+decode-time method's λ (the grid; ILME's μ and density ratio's λ2 are tied to λ, as
+`lmfuse translate` defaults them) are chosen by validation BLEU, then the test set is decoded
+once at the choice. Every validation point is kept in the cell's result.
 
 Run it from the repository root (config paths are relative to it). Rerunning resumes: finished
-cells are skipped, trained models reused, failed cells retried. `--set` changes the settings
-below; `--config.key=value` goes to every training run (whose config has the key).
+cells are skipped, trained models reused, failed cells retried.
 """
 
-from lmfuse.experiments import fusion_cells
-from lmfuse.experiments.artifacts import override
-from lmfuse.experiments.fusion_report import write_report
-from lmfuse.experiments.runner import Experiment
-from lmfuse.experiments.settings import check_at_least, parse_settings
-from lmfuse.experiments.sizes import size_overrides
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from lib import runner, tables
+from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
+from lib.runs import TrainRun, ensure_trained, override, size_overrides
+from lib.scoring import (
+    Evaluation,
+    chosen_checkpoint,
+    decode_time_cell,
+    finish,
+    plain_cell,
+    point,
+    selection,
+)
+from lib.shared_models import (
+    cadence,
+    check_user_overrides,
+    corpus_plan,
+    pin_tokenizer,
+    text_lm_data,
+    trained,
+    trained_lm,
+    user_config,
+    user_overrides,
+)
+
+from lmfuse.errors import LmfuseError
 
 NAME = "fusion_ablation"
 
+DECODE_TIME = ("shallow", "density_ratio", "ilme")
+TRAINED = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear")
+PRETRAINED_S2S = ("deep", "linear")  # start from the plain encoder-decoder
+METHODS = ("none", *DECODE_TIME, *TRAINED)
+BACKBONES = {"transformer": "configs/s2s_transformer.py", "rnn": "configs/s2s_rnn.py"}
+LM_CONFIG = "configs/lm_transformer.py"
+
+
 # Every size of both budgets, in one place. `cpu`: the tiny configs with few steps and the
 # first `eval_sentences` verses of validation and test: about 40 minutes per (fraction,
-# backbone) on a 2-core CPU, so a fraction or two at a time (`--set fractions=5`) rather than
+# backbone) on a 2-core CPU, so a fraction or two at a time (`--fractions 5`) rather than
 # the 72-cell grid at once. `gpu`: the full configs and the full splits.
 SIZES = {
     "cpu": {
@@ -61,25 +122,48 @@ SIZES = {
 GRID = ("fractions", "methods", "backbones")  # settings that only choose cells
 
 
-def defaults(budget: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A budget's sizes with the settings."""
+
+    variant: str | None  # 'tiny' or None (the full configs)
+    lm_overrides: tuple[str, ...]  # for every LM
+    s2s_overrides: tuple[str, ...]  # for every encoder-decoder, fused or not
+    method_steps: dict[str, int]  # train.steps of deep / linear fusion (0: the config's)
+    checkpoints: int  # checkpoints kept per encoder-decoder, chosen among on validation
+    lambdas: tuple[float, ...]
+    eval_sentences: int  # first N validation / test pairs in file order (0: all)
+    # Steps multiplier per backbone, so backbones whose configs train smaller batches see as
+    # many tokens as the others (the tiny RNN trains 16 rows a step, the Transformer 32).
+    step_scale: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def spec(self, path: str) -> str:
+        """`path` with the plan's variant, after its own: 'configs/fusion.py:deep,tiny'."""
+        if not self.variant:
+            return path
+        return f"{path}{',' if ':' in path else ':'}{self.variant}"
+
+
+def defaults(budget: str) -> dict[str, Any]:
+    """The settings of a budget, which the command line can change."""
     sizes = SIZES[budget]
     return {
         "fractions": (1.0, 5.0, 20.0, 100.0),  # % of the training pairs
-        "methods": fusion_cells.METHODS,
-        "backbones": tuple(fusion_cells.BACKBONES),
+        "methods": METHODS,
+        "backbones": tuple(BACKBONES),
         "lambdas": (0.1, 0.2, 0.3, 0.5),  # decode-time LM weight λ (ILME μ and DR λ2 = λ)
         "eval_sentences": sizes["eval_sentences"],
         "checkpoints": sizes["checkpoints"],
     }
 
 
-def plan(budget: str, settings: dict) -> fusion_cells.Plan:
+def plan(budget: str, settings: dict[str, Any]) -> Plan:
     sizes = SIZES[budget]
     s2s, lm = size_overrides(budget, sizes)
     # The trained fusions read the encoder-decoder's vocab logits, which a copy (pointer-
     # generator) output does not have, so every encoder-decoder here is the plain one.
     s2s = (*s2s, override("model.copy_source", False))
-    return fusion_cells.Plan(
+    return Plan(
         variant=sizes["variant"],
         lm_overrides=lm,
         s2s_overrides=s2s,
@@ -91,19 +175,420 @@ def plan(budget: str, settings: dict) -> fusion_cells.Plan:
     )
 
 
-def get_experiment(budget: str, settings: dict) -> Experiment:
-    parsed = parse_settings(defaults(budget), settings)
-    check_at_least(parsed, {"checkpoints": 1, "eval_sentences": 0})
-    sizes = plan(budget, parsed)
-    cells = fusion_cells.build_cells(sizes, parsed["fractions"], parsed["backbones"],
-                                     parsed["methods"])
-    return Experiment(
+# ---------------------------------------------------------------------------------------------
+# The runs: configs and overrides (budget sizes, then the user's, then what defines the run)
+
+
+def fraction_label(percent: float) -> str:
+    return f"f{percent:g}"
+
+
+def cell_key(percent: float, backbone: str, method: str) -> str:
+    return f"{fraction_label(percent)}-{backbone}-{method}"
+
+
+def _evaluation(ctx: RunContext, plan: Plan) -> Evaluation:
+    return Evaluation(plan.eval_sentences, ctx.workdir / "eval")
+
+
+def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
+            method: str = "none") -> TrainRun:
+    """The plain encoder-decoder of a fraction and backbone, or (method) a trained fusion."""
+    spec = plan.spec(BACKBONES[backbone])
+    base = plan.s2s_overrides
+    if method in TRAINED:
+        base += _recipe(plan, method)
+    base += _scaled_steps(plan, spec, backbone, base)
+    user = user_overrides(ctx, spec, base)
+    defining = [override("data.train_fraction", percent / 100)]
+    if method in TRAINED:
+        defining += [override("fusion.method", method),
+                     override("fusion.lm_workdir", lm_run(ctx, plan, None).workdir)]
+        if method in PRETRAINED_S2S:
+            defining.append(override("fusion.s2s_workdir",
+                                     s2s_run(ctx, plan, percent, backbone).workdir))
+    name = f"s2s_{backbone}" if method == "none" else f"{method}_{backbone}"
+    overrides = (*base, *cadence(spec, (*base, *user), plan.checkpoints), *user,
+                 *pin_tokenizer(_data(ctx, plan)), *defining)
+    return TrainRun(spec, str(ctx.workdir / f"{name}_{fraction_label(percent)}"), overrides)
+
+
+def _recipe(plan: Plan, method: str) -> tuple[str, ...]:
+    """Deep and linear fusion train a few weights on a trained model: their configs' learning
+    rate and the plan's steps. Cold and simple fusion train like the plain model."""
+    if method not in PRETRAINED_S2S:
+        return ()
+    from lmfuse.config import load_config
+
+    rate = load_config(plan.spec(f"configs/fusion.py:{method}")).optimizer.learning_rate
+    steps = plan.method_steps.get(method, 0)
+    return (override("optimizer.learning_rate", rate),
+            *([override("train.steps", steps)] if steps else []))
+
+
+def _scaled_steps(plan: Plan, spec: str, backbone: str, base: tuple[str, ...]
+                  ) -> tuple[str, ...]:
+    scale = plan.step_scale.get(backbone, 1)
+    if scale == 1:
+        return ()
+    from lmfuse.config import load_config
+
+    return (override("train.steps", scale * load_config(spec, base).train.steps),)
+
+
+def lm_run(ctx: RunContext, plan: Plan, percent: float | None) -> TrainRun:
+    """The target LM (percent None or 100) or the LM of fraction `percent`'s targets."""
+    if percent == 100:
+        percent = None
+    spec = plan.spec(LM_CONFIG)
+    user = user_overrides(ctx, spec, plan.lm_overrides)
+    data = _data(ctx, plan)
+    if data["bible"]:
+        defining = (override("data.versions", data["target"]),)
+        if percent is not None:
+            defining += (override("data.train_fraction", percent / 100),)
+    else:
+        defining = text_lm_data(data, percent)
+    name = "lm_target" if percent is None else f"lm_{fraction_label(percent)}"
+    return TrainRun(spec, str(ctx.workdir / name),
+                    (*plan.lm_overrides, *user, *pin_tokenizer(data), *defining))
+
+
+def _s2s_config(ctx: RunContext, plan: Plan) -> ml_collections.ConfigDict:
+    """The encoder-decoders' config as the user's overrides leave it (the data they read)."""
+    return user_config(ctx, plan.spec(BACKBONES["transformer"]), plan.s2s_overrides)
+
+
+def _data(ctx: RunContext, plan: Plan) -> dict[str, Any]:
+    return corpus_plan(ctx, lambda: _s2s_config(ctx, plan))
+
+
+def _source_lm(ctx: RunContext, plan: Plan, percent: float) -> TrainRun:
+    run = lm_run(ctx, plan, percent)
+    trained(ctx, run)
+    return run
+
+
+def check_overrides(plan: Plan, context: RunContext) -> None:
+    """Every --config override names a key of some config here and has a valid value."""
+    check_user_overrides(context, [(plan.spec(LM_CONFIG), plan.lm_overrides)]
+                         + [(plan.spec(p), plan.s2s_overrides) for p in BACKBONES.values()])
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells: (parallel-data fraction, backbone, method) -> scores
+
+
+def build_cells(plan: Plan, fractions: Sequence[float], backbones: Sequence[str],
+                methods: Sequence[str]) -> list[Cell]:
+    """One cell per (fraction, backbone, method), fraction-major, 'none' first within each."""
+    for p in fractions:
+        if not 0 < p <= 100:
+            raise LmfuseError(f"fraction {p:g} is not a percentage in (0, 100]")
+    ordered = [m for m in METHODS if m in methods]
+    cells = []
+    for percent in fractions:
+        for backbone in backbones:
+            for method in ordered:
+                labels = {"fraction": percent, "backbone": backbone, "method": method}
+                cells.append(Cell(cell_key(percent, backbone, method), labels,
+                                  _cell_function(plan, percent, backbone, method)))
+    return cells
+
+
+def _cell_function(plan: Plan, percent: float, backbone: str, method: str):
+    if method == "none":
+        return lambda ctx: _plain_cell(ctx, plan, percent, backbone)
+    if method in DECODE_TIME:
+        return lambda ctx: _decode_time_cell(ctx, plan, percent, backbone, method)
+    return lambda ctx: _trained_cell(ctx, plan, percent, backbone, method)
+
+
+def _plain_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str) -> dict[str, Any]:
+    return plain_cell(ctx, _evaluation(ctx, plan), s2s_run(ctx, plan, percent, backbone),
+                      cell_key(percent, backbone, "none"))
+
+
+def _decode_time_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
+                      method: str) -> dict[str, Any]:
+    lm = trained_lm(ctx, lm_run(ctx, plan, None))
+    run = s2s_run(ctx, plan, percent, backbone)
+    evaluation = _evaluation(ctx, plan)
+    chosen_checkpoint(ctx, evaluation, run)  # the base model before the source LM, as listed
+    source_lm = _source_lm(ctx, plan, percent) if method == "density_ratio" else None
+    return decode_time_cell(ctx, evaluation, run, lm, method, plan.lambdas,
+                            cell_key(percent, backbone, method), source_lm)
+
+
+def _trained_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
+                  method: str) -> dict[str, Any]:
+    lm = trained_lm(ctx, lm_run(ctx, plan, None))
+    commands = [lm["command"]]
+    if method in PRETRAINED_S2S:
+        base = s2s_run(ctx, plan, percent, backbone)
+        trained(ctx, base)
+        commands.append(base.command())
+    run = s2s_run(ctx, plan, percent, backbone, method)
+    ensure_trained(run)  # the cell's own training
+    evaluation = _evaluation(ctx, plan)
+    chosen = selection(ctx, evaluation, run)
+    values = finish(ctx, evaluation, run, chosen["step"], None,
+                    point(chosen["points"], "step", chosen["step"]), chosen["points"],
+                    [*commands, run.command()], key=cell_key(percent, backbone, method))
+    values["lm_perplexity"] = lm["perplexity"]
+    return values
+
+
+def describe_task(plan: Plan, ctx: RunContext) -> str:
+    """The parallel data in words, from the encoder-decoders' config."""
+    data = _s2s_config(ctx, plan).data
+    if data.corpus == "bible":
+        return (f"Bible style transfer {data.source.upper()} → {data.target.upper()} "
+                "(translate view; Carlson et al. 2018's split)")
+    return f"{data.corpus} corpus, translate view (train {data.files.train})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+#
+#   <results>/fusion_ablation.md          the table, with budget, device, date, signatures,
+#                                         the command, and each cell's reproducing commands
+#   <results>/fusion_ablation.csv         one row per cell (failed cells: no numbers)
+#   <results>/fusion_ablation_sweeps.csv  every validation point (λ or checkpoint) of every cell
+#   <results>/fusion_ablation_bleu.png    test BLEU against parallel-data fraction, per method,
+#                                         one panel per backbone
+#   <results>/fusion_ablation_lambda.png  validation BLEU against λ, per decode-time method, one
+#                                         panel per (backbone, fraction)
+
+COLUMNS = ("fraction", "backbone", "method", "status", "lambda", "step", "val_bleu", "val_pinc",
+           "test_bleu", "test_chrf", "test_pinc", "lm_perplexity", "val_perplexity",
+           "wall_seconds", "error", "commands")
+SWEEP_COLUMNS = ("fraction", "backbone", "method", "kind", "value", "chosen", "val_bleu",
+                 "val_chrf", "val_pinc", "val_perplexity")
+
+
+def write_report(report: Report, task: str) -> list[Path]:
+    """Writes every output (listed above); returns their paths."""
+    out = report.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{NAME}.md", out / f"{NAME}.csv", out / f"{NAME}_sweeps.csv",
+             out / f"{NAME}_bleu.png", out / f"{NAME}_lambda.png"]
+    rows = [cell_row(r) for r in report.records]
+    paths[0].write_text(markdown(report, rows, task), encoding="utf-8")
+    paths[1].write_text(tables.csv_text(COLUMNS, rows), encoding="utf-8")
+    paths[2].write_text(tables.csv_text(SWEEP_COLUMNS, sweep_rows(report.records)), encoding="utf-8")
+    plot_bleu(report.records, paths[3])
+    plot_lambda(report.records, paths[4])
+    return paths
+
+
+def cell_row(record: CellRecord) -> dict[str, Any]:
+    v, ok = record.values, record.status == OK
+    row = {**record.labels, "status": record.status, "error": record.error,
+           "wall_seconds": round(record.seconds + v.get("attributed_seconds", 0.0), 1)}
+    if ok:
+        row.update(lambda_=v["lambda"], step=v["step"], val_bleu=v["val"]["bleu"],
+                   val_pinc=v["val"]["pinc"], test_bleu=v["test"]["bleu"],
+                   test_chrf=v["test"]["chrf"], test_pinc=v["test"]["pinc"],
+                   lm_perplexity=v["lm_perplexity"], val_perplexity=v["val_perplexity"],
+                   commands=" && ".join(v["commands"]))
+        row["lambda"] = row.pop("lambda_")
+    return {k: tables.fmt(row.get(k)) for k in COLUMNS}
+
+
+def sweep_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for record in records:
+        if record.status != OK:
+            continue
+        kind = "lambda" if record.labels["method"] in DECODE_TIME else "step"
+        chosen = record.values[kind]
+        for swept in record.values["sweep"]:
+            rows.append({k: tables.fmt(v) for k, v in {
+                **record.labels, "kind": kind, "value": swept[kind],
+                "chosen": swept[kind] == chosen, "val_bleu": swept["val"]["bleu"],
+                "val_chrf": swept["val"]["chrf"], "val_pinc": swept["val"]["pinc"],
+                "val_perplexity": swept.get("val_perplexity")}.items()})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def markdown(report: Report, rows: list[dict[str, str]], task: str) -> str:
+    lines = [
+        f"# Fusion ablation ({report.study.budget} budget)",
+        "",
+        f"- Task: {task}",
+        *tables.header_lines(report),
+        "- Selection on validation BLEU only: the checkpoint of each trained model (every kept "
+        "one), and λ of each decode-time method over "
+        f"{', '.join(f'{x:g}' for x in report.study.settings.get('lambdas', ()))} "
+        "(ILME μ = λ, density-ratio λ2 = λ); test is decoded once, at the choice.",
+        "- Decode-time methods fuse the `none` model's chosen checkpoint; deep and linear "
+        "fusion start from its last checkpoint. At 100% data the density-ratio source LM is "
+        "the target LM (same text), so density ratio is no fusion there.",
+        "- Wall time: the cell's own work (training, checkpoint choice, λ sweep, decoding); "
+        "`none` counts its encoder-decoder's training and checkpoint choice, which the "
+        "decode-time cells then reuse; the LMs are listed below.",
+        *copy_baseline_lines(report.records),
+        "",
+        "| fraction % | backbone | method | choice | val BLEU | val PINC | test BLEU | "
+        "test chrF | test PINC | LM ppl | wall s |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record, row in zip(report.records, rows, strict=True):
+        head = f"| {row['fraction']} | {row['backbone']} | {row['method']} "
+        if record.status != OK:
+            lines.append(head + f"| {tables.not_finished(record)} | | | | | | | | |")
+            continue
+        choice = f"step {row['step']}" + (f", λ {row['lambda']}" if row["lambda"] else "")
+        cells = [choice] + [tables.score(record, *path) for path in (
+            ("val", "bleu"), ("val", "pinc"), ("test", "bleu"), ("test", "chrf"),
+            ("test", "pinc"))]
+        lm = record.values.get("lm_perplexity")
+        cells += [f"{lm:.2f}" if lm is not None else "", row["wall_seconds"]]
+        lines.append(head + "| " + " | ".join(cells) + " |")
+    lines += ["", f"![test BLEU against data fraction]({NAME}_bleu.png)", "",
+              f"![validation BLEU against λ]({NAME}_lambda.png)", ""]
+    lines += tables.shared_models_lines(report)
+    lines += tables.commands_lines(report)
+    return "\n".join(lines)
+
+
+def copy_baseline(records: list[CellRecord]) -> dict[str, float] | None:
+    """Test scores of the source copied as the output: every cell decodes the same verses, so
+    any finished cell holds them. The bar a style-transfer system has to clear."""
+    for record in records:
+        if record.status == OK:
+            test = record.values["test"]
+            return {"bleu": test["copy_bleu"], "chrf": test["copy_chrf"]}
+    return None
+
+
+def copy_baseline_lines(records: list[CellRecord]) -> list[str]:
+    copy = copy_baseline(records)
+    if copy is None:
+        return []
+    return [f"- Copying the source as the output scores test BLEU {copy['bleu']:.2f} "
+            f"(chrF {copy['chrf']:.2f}, PINC 0): the dotted line in the plot."]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib's object API renders with Agg; pyplot's global state is never touched)
+
+
+def plot_bleu(records: list[CellRecord], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    ok = [r for r in records if r.status == OK]
+    copy = copy_baseline(records)
+    backbones = list(dict.fromkeys(r.labels["backbone"] for r in records)) or ["-"]
+    fig = Figure(figsize=(5.5 * len(backbones), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(backbones), squeeze=False)[0]
+    for ax, backbone in zip(axes, backbones, strict=True):
+        methods = dict.fromkeys(r.labels["method"] for r in ok if r.labels["backbone"] == backbone)
+        for method in methods:
+            points = sorted((r.labels["fraction"], r.values["test"]["bleu"]) for r in ok
+                            if r.labels["backbone"] == backbone and r.labels["method"] == method)
+            # The baseline in black, decode-time fusion solid, trained fusion dashed.
+            style = ({"color": "black", "linewidth": 2.2} if method == "none" else
+                     {"linestyle": "-" if method in DECODE_TIME else "--"})
+            ax.plot(*zip(*points, strict=True), marker="o", label=method, **style)
+        if copy is not None:
+            ax.axhline(copy["bleu"], color="gray", linestyle=":", label="copy source")
+        fractions = sorted({r.labels["fraction"] for r in ok if r.labels["backbone"] == backbone})
+        ax.set_xscale("log")
+        if fractions:
+            ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+            ax.minorticks_off()
+        ax.set_xlabel("parallel data (% of training pairs)")
+        ax.set_ylabel("test BLEU")
+        ax.set_title(backbone)
+        ax.grid(alpha=0.3)
+        if methods:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no finished cells", ha="center", transform=ax.transAxes)
+    fig.savefig(path, dpi=110)
+
+
+def plot_lambda(records: list[CellRecord], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    ok = [r for r in records if r.status == OK and r.labels["method"] in DECODE_TIME]
+    panels = sorted({(r.labels["backbone"], r.labels["fraction"]) for r in ok}) or [("-", 0)]
+    backbones = list(dict.fromkeys(b for b, _ in panels))
+    fractions = sorted({f for _, f in panels})
+    fig = Figure(figsize=(4 * len(fractions), 3.4 * len(backbones)), layout="constrained")
+    axes = fig.subplots(len(backbones), len(fractions), squeeze=False)
+    for i, backbone in enumerate(backbones):
+        for j, fraction in enumerate(fractions):
+            ax = axes[i][j]
+            cells = [r for r in ok if (r.labels["backbone"], r.labels["fraction"]) == (backbone, fraction)]
+            for record in cells:
+                points = sorted((p["lambda"], p["val"]["bleu"]) for p in record.values["sweep"])
+                ax.plot(*zip(*points, strict=True), marker="o", label=record.labels["method"])
+                ax.plot([record.values["lambda"]], [record.values["val"]["bleu"]], marker="*",
+                        markersize=12, color=ax.lines[-1].get_color())
+            ax.set_title(f"{backbone}, {fraction:g}% data")
+            ax.set_xlabel("λ")
+            ax.set_ylabel("validation BLEU")
+            ax.grid(alpha=0.3)
+            if cells:
+                ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, "no decode-time cells", ha="center", transform=ax.transAxes)
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = runner.study_parser(NAME, __doc__)
+    parser.add_argument("--fractions", nargs="+", type=float, default=None, metavar="PERCENT",
+                        help="parallel-data fractions, %% of the training pairs (default 1 5 20 "
+                             "100)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
+                        help=f"methods to run, of {' '.join(METHODS)} (default: all)")
+    parser.add_argument("--backbones", nargs="+", choices=tuple(BACKBONES), default=None,
+                        metavar="BACKBONE",
+                        help=f"encoder-decoders, of {' '.join(BACKBONES)} (default: both)")
+    parser.add_argument("--lambdas", nargs="+", type=float, default=None, metavar="λ",
+                        help="decode-time λ grid, chosen on validation; ILME μ and density-ratio "
+                             "λ2 = λ (default 0.1 0.2 0.3 0.5)")
+    parser.add_argument("--eval_sentences", type=int, default=None,
+                        help="first N validation / test pairs, 0: the whole splits (default: "
+                             "cpu 100, gpu 0)")
+    parser.add_argument("--checkpoints", type=int, default=None,
+                        help="checkpoints kept per encoder-decoder, chosen among on validation "
+                             "(default: cpu 2, gpu 4)")
+    return parser
+
+
+def make_study(args: argparse.Namespace) -> Study:
+    settings = runner.settings_from(args, defaults(args.budget))
+    runner.check_at_least(settings, {"checkpoints": 1, "eval_sentences": 0})
+    sizes = plan(args.budget, settings)
+    cells = build_cells(sizes, settings["fractions"], settings["backbones"],
+                        settings["methods"])
+    return Study(
         name=NAME,
-        budget=budget,
-        settings=parsed,
+        budget=args.budget,
+        settings=settings,
         cells=cells,
-        report=lambda report: write_report(
-            report, fusion_cells.describe_task(sizes, report.context)),
+        report=lambda report: write_report(report, describe_task(sizes, report.context)),
         grid_settings=GRID,
-        check=lambda context: fusion_cells.check_overrides(sizes, context),
+        check=lambda context: check_overrides(sizes, context),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return runner.main(build_parser(), make_study, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,10 +1,16 @@
 """Config loading: ml_collections files, `:variant` selection and `--config.key=value` overrides.
 
 A config file is a Python module with `get_config(variant: str | None = None)` returning a
-`ml_collections.ConfigDict`. It is named as `path.py` or `path.py:variant` (e.g.
-`configs/lm_lstm.py:tiny`). Overrides are dotted paths into that dict. Every user mistake (a
-missing file, an unknown variant, an unknown key, a value of the wrong type) raises a one-line
-`LmfuseError` naming the key, never a traceback from inside ml_collections.
+`ml_collections.ConfigDict` that starts from `lmfuse.schema.base_config()`. It is named as
+`path.py` or `path.py:variant`. A variant is one option or several joined by commas, in any
+order: `configs/lm_transformer.py:tiny`, `configs/lm_rnn.py:lstm`, `configs/lm_rnn.py:lstm,tiny`,
+`configs/fusion.py:deep,tiny`; each file's docstring lists its options. While a config file
+runs, its directory and the one above it come first on `sys.path`, so it can import the
+helpers next to it (`from presets import lm_config`, also from configs/carlson/).
+
+Overrides are dotted paths into that dict. Every user mistake (a missing file, an unknown
+variant, an unknown key, a value of the wrong type) raises a one-line `LmfuseError` naming the
+key, never a traceback from inside ml_collections.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -122,11 +130,24 @@ def _parse_value(raw: str, current: Any) -> Any:
     return value
 
 
-def _import_file(path: Path):
+def _import_file(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"lmfuse_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    folder = path.resolve().parent
+    search = [str(folder), str(folder.parent)]
+    before = set(sys.modules)
+    sys.path[:0] = search
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise LmfuseError(f"config file {str(path)!r} has a syntax error at line {e.lineno}") from None
+    finally:
+        for entry in search:
+            sys.path.remove(entry)
+        # Helpers imported from these folders are imported afresh by the next config file, so
+        # a file elsewhere with a helper of the same name gets its own.
+        for name in set(sys.modules) - before:
+            origin = getattr(sys.modules[name], "__file__", None) or ""
+            if Path(origin).parent in (folder, folder.parent):
+                del sys.modules[name]
     return module

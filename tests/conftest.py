@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The study scripts import their shared parts (experiments/lib) as `python experiments/x.py`
+# does, from the scripts' folder; tests import the scripts the same way.
+sys.path.insert(0, str(REPO / "experiments"))
 
 
 def asv_verses(reference: str) -> list[str]:
@@ -93,8 +96,15 @@ def tiny_s2s_overrides(corpus: dict[str, str], model: str = "s2s_transformer", *
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+def tiny_lm_spec(model: str) -> str:
+    """The tiny config of an LM: configs/lm_transformer.py:tiny or configs/lm_rnn.py:<cell>,tiny."""
+    if model == "transformer":
+        return "configs/lm_transformer.py:tiny"
+    return f"configs/lm_rnn.py:{model},tiny"
+
+
 def tiny_lm_overrides(corpus: dict[str, str], model: str = "transformer", **extra) -> list[str]:
-    """Overrides that turn configs/lm_<model>.py:tiny into a seconds-long run on the text files."""
+    """Overrides that turn `tiny_lm_spec(model)` into a seconds-long run on the text files."""
     values = {
         "data.corpus": "text",
         "data.files.train": corpus["train"],

@@ -1,5 +1,7 @@
 """Config loading: variants, overrides, and one-line errors that name the key."""
 
+import sys
+
 import pytest
 
 from lmfuse import cli
@@ -68,3 +70,51 @@ def test_cli_prints_one_line_error_and_exits_2(capsys):
     assert status == 2
     assert err.strip().count("\n") == 0
     assert err.startswith("lmfuse: error: unknown config key 'data.nope'")
+
+
+def test_a_variant_combines_a_kind_with_tiny_in_any_order():
+    lstm = load_config("configs/lm_rnn.py:lstm,tiny")
+    assert lstm.model.name == "lstm" and lstm.model.emb_dim == 128
+    assert load_config("configs/lm_rnn.py:tiny,lstm").to_dict() == lstm.to_dict()
+    assert load_config("configs/lm_rnn.py:gru").model.name == "gru"
+    # The kind defaults to the Elman RNN, so ':rnn' may be left out.
+    assert load_config("configs/lm_rnn.py:rnn").to_dict() == load_config("configs/lm_rnn.py").to_dict()
+    deep = load_config("configs/fusion.py:deep,tiny")
+    assert deep.fusion.method == "deep" and deep.fusion.s2s_workdir == "workdirs/fusion_s2s_tiny"
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("configs/lm_rnn.py:lstm,gru", "unknown variant 'lstm,gru'; choose one of rnn, lstm, gru"),
+        ("configs/lm_rnn.py:huge", "unknown variant 'huge'"),
+        ("configs/lm_rnn.py:tiny,tiny", "unknown variant 'tiny,tiny'"),
+        ("configs/lm_transformer.py:lstm", "unknown variant 'lstm'; choose tiny or leave it out"),
+        ("configs/fusion.py", "needs a variant naming one of deep, cold"),
+        ("configs/fusion.py:tiny", "needs a variant naming one of deep, cold"),
+        ("configs/fusion.py:deep,huge", "unknown variant 'deep,huge'; choose one of deep"),
+    ],
+)
+def test_bad_variants_are_one_line_errors(spec, fragment):
+    with pytest.raises(LmfuseError) as info:
+        load_config(spec)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_a_config_file_imports_the_helpers_next_to_it(tmp_path):
+    # Two folders, each with its own helper of the same name: each file gets its own, and
+    # sys.path is left as it was.
+    path_before = list(sys.path)
+    for name, value in (("a", 1), ("b", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "helper.py").write_text(f"SEED = {value}\n")
+        (folder / "exp.py").write_text(
+            "from helper import SEED\n\nfrom lmfuse.schema import base_config\n\n\n"
+            "def get_config():\n    config = base_config()\n    config.seed = SEED\n"
+            "    return config\n"
+        )
+        assert load_config(str(folder / "exp.py")).seed == value
+    assert sys.path == path_before

@@ -5,7 +5,7 @@ lmfuse train --config configs/carlson/bbe_asv.py --workdir workdirs/carlson_bbe_
 lmfuse eval --workdir workdirs/carlson_bbe_asv --split test
 """
 
-from lmfuse.defaults import carlson_config
+from presets import carlson_config
 
 
 def get_config(variant=None):

@@ -5,7 +5,7 @@ lmfuse train --config configs/carlson/public_bbe.py --workdir workdirs/carlson_p
 lmfuse eval --workdir workdirs/carlson_public_bbe --split test
 """
 
-from lmfuse.defaults import carlson_config
+from presets import carlson_config
 
 
 def get_config(variant=None):

@@ -5,7 +5,7 @@ lmfuse train --config configs/carlson/ylt_asv.py --workdir workdirs/carlson_ylt_
 lmfuse eval --workdir workdirs/carlson_ylt_asv --split test
 """
 
-from lmfuse.defaults import carlson_config
+from presets import carlson_config
 
 
 def get_config(variant=None):

@@ -9,7 +9,7 @@ Grain consumes directly; neither needs TensorFlow. Records keep canonical verse 
   single record is written; the reports are stored in the dataset's metadata.
 * `bible_es`: the Reina-Valera 1909, keyed by the same verse ids.
 
-Splits follow Carlson et al. 2018 by book (see `bible.SPLIT_BOOKS`).
+Splits follow Carlson et al. 2018 by book (see `bible_ids.SPLIT_BOOKS`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lmfuse.data import bible, sword
+from lmfuse.data import bible, bible_ids, bible_text, sword
 from lmfuse.errors import LmfuseError
 
 SPLITS = ("train", "validation", "test")
@@ -38,14 +38,14 @@ def _verse_features(text_fields: tuple[str, ...]) -> tfds.features.FeaturesDict:
 
 def _split_verse_ids() -> dict[str, list[int]]:
     by_split: dict[str, list[int]] = {split: [] for split in SPLITS}
-    for verse_id in bible.kjv_verse_ids():
-        by_split[bible.book_split(bible.verse_key(verse_id)[0])].append(verse_id)
+    for verse_id in bible_ids.kjv_verse_ids():
+        by_split[bible_ids.book_split(bible_ids.verse_key(verse_id)[0])].append(verse_id)
     return by_split
 
 
 def _records(verse_ids: list[int], texts: dict[str, dict[int, str]]):
     for verse_id in verse_ids:
-        book, chapter, verse = bible.verse_key(verse_id)
+        book, chapter, verse = bible_ids.verse_key(verse_id)
         record = {"verse_id": verse_id, "book": book, "chapter": chapter, "verse": verse}
         record.update({name: by_id[verse_id] for name, by_id in texts.items()})
         yield verse_id, record
@@ -61,7 +61,7 @@ class Bible(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=_verse_features(bible.VALIDATED_VERSIONS),
+            features=_verse_features(bible_text.VALIDATED_VERSIONS),
             disable_shuffling=True,
             citation=CITATION,
             metadata=tfds.core.MetadataDict(),
@@ -69,7 +69,7 @@ class Bible(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         texts, reports = {}, {}
-        for name in bible.VALIDATED_VERSIONS:
+        for name in bible_text.VALIDATED_VERSIONS:
             # Raises LmfuseError for any version that fails alignment: never write misaligned data.
             texts[name], report = bible.load_validated(name)
             reports[name] = dataclasses.asdict(report)

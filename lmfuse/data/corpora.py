@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lmfuse.data import bible, builders, sword, textfiles, tfds_named
+from lmfuse.data import bible, bible_text, builders, sword, textfiles, tfds_named
 from lmfuse.data.tokenizer import Tokenizer, train_tokenizer
 from lmfuse.errors import LmfuseError
 
@@ -34,7 +34,7 @@ VIEWS = ("lm", "translate")
 SPLITS = builders.SPLITS
 PUBLIC = "public"  # the translate source meaning "every other English version"
 # Version tags are always tokenizer symbols, so tagging sources never changes the vocabulary.
-VERSION_TAGS = tuple(f"<{v}>" for v in (*bible.ENGLISH_VERSIONS, sword.SPANISH_VERSION))
+VERSION_TAGS = tuple(f"<{v}>" for v in (*bible_text.ENGLISH_VERSIONS, sword.SPANISH_VERSION))
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def parse_versions(spec: str) -> tuple[str, ...]:
     names: list[str] = []
     for raw in spec.split(","):
         name = raw.strip().lower()
-        expanded = bible.VALIDATED_VERSIONS if name == "all" else (name,)
+        expanded = bible_text.VALIDATED_VERSIONS if name == "all" else (name,)
         for version in expanded:
             _check_version_name(version)
             if version not in names:
@@ -77,12 +77,12 @@ def parse_versions(spec: str) -> tuple[str, ...]:
 
 
 def _check_version_name(name: str) -> None:
-    if name == sword.SPANISH_VERSION or name in bible.VALIDATED_VERSIONS:
+    if name == sword.SPANISH_VERSION or name in bible_text.VALIDATED_VERSIONS:
         return
-    if name in bible.ENGLISH_VERSIONS:
+    if name in bible_text.ENGLISH_VERSIONS:
         bible.load_validated(name)  # raises the version's own refusal message (e.g. dr)
         return
-    valid = ", ".join((*bible.VALIDATED_VERSIONS, sword.SPANISH_VERSION, "all"))
+    valid = ", ".join((*bible_text.VALIDATED_VERSIONS, sword.SPANISH_VERSION, "all"))
     raise LmfuseError(f"unknown Bible version {name!r}; valid versions: {valid}")
 
 
@@ -101,7 +101,7 @@ def _translate_sources(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
     if len(target) != 1:
         raise LmfuseError(f"data.target must be one version, got {data_cfg.target!r}")
     if data_cfg.source.strip().lower() == PUBLIC:
-        return tuple(v for v in bible.VALIDATED_VERSIONS if v != target[0])
+        return tuple(v for v in bible_text.VALIDATED_VERSIONS if v != target[0])
     return parse_versions(data_cfg.source)
 
 
@@ -218,7 +218,7 @@ def _verse_text(record: dict, version: str, keep_brackets: bool) -> str:
     text = record[version]
     text = text.decode("utf-8") if isinstance(text, bytes) else text
     if version == "kjv" and not keep_brackets:
-        text = bible.strip_brackets(text)
+        text = bible_text.strip_brackets(text)
     return text
 
 

@@ -1,6 +1,6 @@
 """The Spanish Reina-Valera 1909 from the SWORD module `spaRV1909eb` (Debian: sword-text-sparv).
 
-The module declares KJV versification, so its verse slots key onto `bible.kjv_verse_ids()`.
+The module declares KJV versification, so its verse slots key onto `bible_ids.kjv_verse_ids()`.
 Reading, in order:
 
 1. pysword, one chapter at a time through `get_iter` (`get(join=None)` crashes), with
@@ -37,7 +37,7 @@ import unicodedata
 from pathlib import Path
 from types import ModuleType
 
-from lmfuse.data import bible
+from lmfuse.data import alignment, bible_ids, bible_text
 from lmfuse.errors import LmfuseError
 
 SPANISH_VERSION = "rv1909"
@@ -103,13 +103,15 @@ _SHIFTED_RUNS: tuple[tuple[str, str, str], ...] = (
 
 
 def _move_shifted_runs(texts: dict[int, str]) -> dict[int, str]:
-    ids = bible.kjv_verse_ids()
+    ids = bible_ids.kjv_verse_ids()
     index = {verse_id: i for i, verse_id in enumerate(ids)}
     moved = dict(texts)
     runs = []
     for first, last, target in _SHIFTED_RUNS:
-        slots = ids[index[bible.parse_reference(first)] : index[bible.parse_reference(last)] + 1]
-        runs.append((index[bible.parse_reference(target)], [texts[slot] for slot in slots]))
+        slots = ids[
+            index[bible_ids.parse_reference(first)] : index[bible_ids.parse_reference(last)] + 1
+        ]
+        runs.append((index[bible_ids.parse_reference(target)], [texts[slot] for slot in slots]))
         for slot in slots:
             moved[slot] = ""
     for start, run in runs:
@@ -126,7 +128,7 @@ _SUBSCRIPTION = re.compile(r"(.*\bAmén\.)\s+[^.]*\b(?:[Ee]scrita|[Ee]nviada)\b[
 def _drop_subscriptions(texts: dict[int, str]) -> dict[int, str]:
     last_verse: dict[int, int] = {}
     for verse_id in texts:
-        last_verse[bible.verse_key(verse_id)[0]] = verse_id
+        last_verse[bible_ids.verse_key(verse_id)[0]] = verse_id
     dropped = dict(texts)
     for verse_id in last_verse.values():
         if match := _SUBSCRIPTION.fullmatch(texts[verse_id]):
@@ -188,7 +190,7 @@ def _read_slots(sword_dir: str) -> dict[int, str]:
                 )
             for verse, osis in enumerate(verses, start=1):
                 texts[number * 1_000_000 + chapter * 1000 + verse] = clean_osis(osis)
-    if list(texts) != bible.kjv_verse_ids():
+    if list(texts) != bible_ids.kjv_verse_ids():
         raise LmfuseError(f"{_MODULE} does not have KJV's verses; {_INSTALL}")
     return texts
 
@@ -206,7 +208,7 @@ def _load_cache(path: Path) -> dict[int, str] | None:
         texts = {int(key): value for key, value in data["verses"].items()}
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
-    return texts if list(texts) == bible.kjv_verse_ids() else None
+    return texts if list(texts) == bible_ids.kjv_verse_ids() else None
 
 
 def _write_cache(path: Path, texts: dict[int, str]) -> None:
@@ -304,12 +306,12 @@ def kjv_tokens(text: str) -> frozenset[str]:
 MAX_SPANISH_FLAG_RATE = 0.02
 
 
-def _spot(ref: str, starts: str = "", equals: str | None = None) -> bible.SpotCheck:
-    return bible.SpotCheck(bible.parse_reference(ref), starts=starts, equals=equals)
+def _spot(ref: str, starts: str = "", equals: str | None = None) -> alignment.SpotCheck:
+    return alignment.SpotCheck(bible_ids.parse_reference(ref), starts=starts, equals=equals)
 
 
 # Known verses of the 1909 edition (its orthography: "á", "fué"), including repaired runs.
-SPOT_CHECKS: tuple[bible.SpotCheck, ...] = (
+SPOT_CHECKS: tuple[alignment.SpotCheck, ...] = (
     _spot("Genesis 1:1", equals="EN el principio crió Dios los cielos y la tierra."),
     _spot("Psalms 23:1", equals="Salmo de David. JEHOVÁ es mi pastor; nada me faltará."),
     _spot("John 3:16", "Porque de tal manera amó Dios al mundo, que ha dado á su Hijo unigénito"),
@@ -327,14 +329,14 @@ SPOT_CHECKS: tuple[bible.SpotCheck, ...] = (
         "Revelation 22:21",
         equals="La gracia de nuestro Señor Jesucristo sea con todos vosotros. Amén.",
     ),
-    bible.SpotCheck(bible.parse_reference("Acts 19:41"), empty=True),  # merged into 19:40
+    alignment.SpotCheck(bible_ids.parse_reference("Acts 19:41"), empty=True),  # merged into 19:40
 )
 
 
-def check_rv1909(texts: dict[int, str]) -> bible.AlignmentReport:
+def check_rv1909(texts: dict[int, str]) -> alignment.AlignmentReport:
     """Verse count, Spanish spot checks and the cross-language lexical check against KJV."""
-    kjv = bible.read_version("kjv")
-    return bible.alignment_report(
+    kjv = bible_text.read_version("kjv")
+    return alignment.alignment_report(
         SPANISH_VERSION,
         texts,
         kjv,

@@ -51,7 +51,9 @@ from sentencepiece import sentencepiece_model_pb2
 
 from lmfuse.errors import LmfuseError
 
-PAD_ID, EOS_ID, BOS_ID, UNK_ID, MASK_ID = 0, 1, 2, 3, 4
+# The ids live in lmfuse.tokens (a leaf models and decoders import); re-exported for data code.
+from lmfuse.tokens import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID  # noqa: F401
+
 MASK_PIECE = "<mask>"
 MODEL_TYPES = ("unigram", "bpe")
 

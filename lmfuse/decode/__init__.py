@@ -1,10 +1,11 @@
 """Decoding: the `DecodeStep` contract, samplers, beam search and logit processors.
 
-    decoder = lm_decode_step(model)                      # TransformerLM or RNNLM
+    decoder = lm_decode_step(model)                      # TransformerLM or RNNLM (adapters)
     out = sample(decoder, params, {'prompt': p}, key, max_new_tokens=32, top_p=0.9)
     best = beam_search(decoder, params, {'prompt': p}, beam_size=4, max_new_tokens=32)
 """
 
+from lmfuse.decode.adapters import decode_step_for, lm_decode_step, seq2seq_decode_step
 from lmfuse.decode.beam import BeamOutput, beam_search, gather_beams, length_penalty, tile_beams
 from lmfuse.decode.processors import (
     DecodeContext,
@@ -18,7 +19,7 @@ from lmfuse.decode.processors import (
     sampling_processors,
 )
 from lmfuse.decode.sampling import GREEDY_TEMPERATURE, SampleOutput, greedy, sample
-from lmfuse.decode.step import DecodeStep, left_pad, lm_decode_step
+from lmfuse.decode.step import DecodeStep, left_pad
 
 __all__ = [
     "GREEDY_TEMPERATURE",
@@ -34,6 +35,7 @@ __all__ = [
     "TopP",
     "apply_processors",
     "beam_search",
+    "decode_step_for",
     "gather_beams",
     "greedy",
     "left_pad",
@@ -41,5 +43,6 @@ __all__ = [
     "lm_decode_step",
     "sample",
     "sampling_processors",
+    "seq2seq_decode_step",
     "tile_beams",
 ]

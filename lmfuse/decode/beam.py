@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lmfuse.data.tokenizer import EOS_ID, PAD_ID
 from lmfuse.decode.processors import DecodeContext, Processor, SuppressTokens, apply_processors
 from lmfuse.decode.step import Batch, DecodeStep
+from lmfuse.tokens import EOS_ID, PAD_ID
 
 # A large finite "minus infinity" (as in Flax): sums and ratios of it stay finite and ordered.
 NEG_INF = -1.0e7

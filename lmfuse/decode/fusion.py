@@ -37,8 +37,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lmfuse.data.tokenizer import PAD_ID
 from lmfuse.decode.step import DecodeStep
+from lmfuse.tokens import PAD_ID
 
 NEG_INF = -1.0e7  # finite, so a zero weight times a suppressed token stays 0, not NaN
 

@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lmfuse.data.tokenizer import EOS_ID, PAD_ID
 from lmfuse.decode.processors import (
     DecodeContext,
     Processor,
@@ -28,6 +27,7 @@ from lmfuse.decode.processors import (
     sampling_processors,
 )
 from lmfuse.decode.step import Batch, DecodeStep
+from lmfuse.tokens import EOS_ID, PAD_ID
 
 GREEDY_TEMPERATURE = 1e-4
 

@@ -1,4 +1,4 @@
-"""The decoding contract shared by samplers and beam search, and its LM implementations.
+"""The decoding contract shared by samplers, beam search and decode-time fusion.
 
 A `DecodeStep` is two pure functions:
 
@@ -15,6 +15,8 @@ state must hold: prompt length P plus the number of tokens to generate.
 State convention (what lets beam search reorder any state): `state` is a pytree whose array
 leaves all have the batch as their leading axis; 0-d leaves (e.g. the next cache slot) are
 shared by all rows. Beam search tiles and gathers leaves along axis 0 only.
+
+This module knows no model: `lmfuse.decode.adapters` turns each model family into a DecodeStep.
 """
 
 from __future__ import annotations
@@ -26,9 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lmfuse.data.tokenizer import PAD_ID
-from lmfuse.models.rnn import RNNLM
-from lmfuse.models.transformer import TransformerLM
+from lmfuse.tokens import PAD_ID
 
 Params = Any
 State = Any
@@ -54,9 +54,9 @@ class DecodeStep:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Bound:
-    """`fn(model, *args)`; compares by (fn, model), unlike a lambda or functools.partial, so
-    two DecodeSteps built for equal models share jit caches."""
+class Bound:
+    """`fn(model, *args, **options)`; compares by (fn, model, options), unlike a lambda or
+    functools.partial, so two DecodeSteps built for equal models share jit caches."""
 
     fn: Callable
     model: Any
@@ -64,6 +64,11 @@ class _Bound:
 
     def __call__(self, *args):
         return self.fn(self.model, *args, **dict(self.options))
+
+
+def bind(fn: Callable, model: Any, **options: Any) -> Bound:
+    """`fn` with its model (and keyword options) bound: a hashable DecodeStep function."""
+    return Bound(fn, model, tuple(sorted(options.items())))
 
 
 def left_pad(prompt: jax.Array) -> jax.Array:
@@ -75,115 +80,9 @@ def left_pad(prompt: jax.Array) -> jax.Array:
     return jnp.take_along_axis(prompt, order, axis=1)
 
 
-def _prompt_layout(prompt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def prompt_layout(prompt: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(left-padded tokens, segment ids (0 = pad), positions (pads at 0)), all [B, P]."""
     tokens = left_pad(prompt.astype(jnp.int32))
     segments = (tokens != PAD_ID).astype(jnp.int32)
     positions = jnp.maximum(jnp.cumsum(segments, axis=1) - 1, 0)
     return tokens, segments, positions
-
-
-# Transformer: the state must be batch-major so beam search can gather it along axis 0. An
-# unscanned model keeps one [B, N, S, H] array pair per layer, which steps update in place; a
-# scanned model's stacked [L, B, ...] cache is moved to [B, L, ...] and back at each step.
-def _to_state(cache, scanned: bool):
-    if not scanned:
-        return {"layers": cache["layers"], "segment_ids": cache["segment_ids"]}
-    return {"k": jnp.moveaxis(cache["k"], 1, 0), "v": jnp.moveaxis(cache["v"], 1, 0),
-            "segment_ids": cache["segment_ids"]}
-
-
-def _to_cache(state, scanned: bool):
-    if not scanned:
-        return {"layers": state["layers"], "segment_ids": state["segment_ids"]}
-    return {"k": jnp.moveaxis(state["k"], 0, 1), "v": jnp.moveaxis(state["v"], 0, 1),
-            "segment_ids": state["segment_ids"]}
-
-
-def _transformer_init(model: TransformerLM, params: Params, batch: Batch, max_len: int):
-    tokens, segments, positions = _prompt_layout(batch["prompt"])
-    b, p = tokens.shape
-    scanned = model.cfg.scan_layers
-    cache = model.init_cache(b, max_len, per_layer=not scanned)
-    logits, cache = model.apply(
-        {"params": params}, tokens, segment_ids=segments, positions=positions, cache=cache, cache_index=0
-    )
-    state = {
-        **_to_state(cache, scanned),
-        "position": positions[:, -1] + 1,  # next position per row (rows differ when padded)
-        "index": jnp.asarray(p, jnp.int32),  # next cache slot, the same for every row
-    }
-    return logits[:, -1], state
-
-
-def _transformer_step(model: TransformerLM, params: Params, state: State, tokens: jax.Array):
-    scanned = model.cfg.scan_layers
-    logits, cache = model.apply(
-        {"params": params},
-        tokens[:, None].astype(jnp.int32),
-        positions=state["position"][:, None],
-        cache=_to_cache(state, scanned),
-        cache_index=state["index"],
-    )
-    new_state = {
-        **_to_state(cache, scanned),
-        "position": state["position"] + 1,
-        "index": state["index"] + 1,
-    }
-    return logits[:, 0], new_state
-
-
-# RNN: the carry is moved to [B, L, H] for the same reason. Left padding gets segment 0, so the
-# carry resets where the real prompt starts and padding never leaks into it.
-def _rnn_init(model: RNNLM, params: Params, batch: Batch, max_len: int):
-    del max_len  # a carry has no length
-    tokens, segments, _ = _prompt_layout(batch["prompt"])
-    logits, carry = model.apply(
-        {"params": params}, tokens, segment_ids=segments, carry=model.init_carry(tokens.shape[0]),
-        return_carry=True,
-    )
-    return logits[:, -1], jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), carry)
-
-
-def _rnn_step(model: RNNLM, params: Params, state: State, tokens: jax.Array):
-    carry = jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), state)
-    logits, carry = model.apply(
-        {"params": params}, tokens[:, None].astype(jnp.int32), carry=carry, return_carry=True
-    )
-    return logits[:, 0], jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), carry)
-
-
-def seq2seq_decode_step(model: Any, zero_context: bool = False) -> DecodeStep:
-    """The DecodeStep of an encoder-decoder (`Seq2SeqTransformer`, `Seq2SeqRNN`, or either
-    fused with an LM, `FusedSeq2Seq`).
-
-    `batch` holds `inputs` [B, S] (the source, right-padded) and `prompt` [B, P] (the decoder
-    prefix, usually [[BOS]]); `init` runs the encoder once. With `zero_context` the decoder
-    runs with its encoder context zeroed: the model's internal LM (ILME fusion).
-    """
-    from lmfuse.models import fusion, seq2seq_rnn, seq2seq_transformer
-
-    for module, cls in ((seq2seq_transformer, "Seq2SeqTransformer"), (seq2seq_rnn, "Seq2SeqRNN"),
-                        (fusion, "FusedSeq2Seq")):
-        if isinstance(model, getattr(module, cls)):
-            options = (("zero_context", zero_context),)
-            return DecodeStep(
-                _Bound(module.decode_init, model, options), _Bound(module.decode_step, model, options)
-            )
-    raise TypeError(f"seq2seq_decode_step needs an encoder-decoder, got {type(model).__name__}")
-
-
-def decode_step_for(model: Any) -> DecodeStep:
-    """The DecodeStep of any generative lmfuse model (decoder-only LM or encoder-decoder)."""
-    if isinstance(model, TransformerLM | RNNLM):
-        return lm_decode_step(model)
-    return seq2seq_decode_step(model)
-
-
-def lm_decode_step(model: TransformerLM | RNNLM) -> DecodeStep:
-    """The DecodeStep of a decoder-only LM (TransformerLM or any RNNLM cell)."""
-    if isinstance(model, TransformerLM):
-        return DecodeStep(_Bound(_transformer_init, model), _Bound(_transformer_step, model))
-    if isinstance(model, RNNLM):
-        return DecodeStep(_Bound(_rnn_init, model), _Bound(_rnn_step, model))
-    raise TypeError(f"lm_decode_step needs a TransformerLM or RNNLM, got {type(model).__name__}")

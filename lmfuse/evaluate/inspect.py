@@ -92,7 +92,7 @@ def fusion_gates(
         what = f"fusion.method={method!r}" if method else f"a {type(model).__name__}"
         raise LmfuseError(
             f"{what} has no fusion gate; gates exist for {' and '.join(GATED_METHODS)} fusion "
-            "(open a workdir trained with configs/fusion_deep.py or fusion_cold.py)"
+            "(open a workdir trained with configs/fusion.py:deep or :cold)"
         )
     flat = _intermediates(model, params, source_ids, target_ids)
     (gate,) = (value for path, value in flat.items() if path[-1] == "fusion_gate")

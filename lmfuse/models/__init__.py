@@ -7,7 +7,8 @@ the keys, `transformer` and `rnn` for shapes, param trees and the decoding cache
 from lmfuse.models.layers import LOGICAL_AXES
 from lmfuse.models.registry import MODEL_NAMES, build_model, model_defaults
 from lmfuse.models.rnn import RNNLM, RNNConfig
-from lmfuse.models.transformer import TransformerConfig, TransformerLM, stack_layers, unstack_layers
+from lmfuse.models.transformer import TransformerConfig, TransformerLM
+from lmfuse.models.transformer_layers import stack_layers, unstack_layers
 
 __all__ = [
     "LOGICAL_AXES",

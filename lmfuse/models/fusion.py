@@ -56,10 +56,10 @@ Param tree (D = s2s width, H = LM width, C = cold_dim; logical axes in brackets)
     fusion/                       deep:   gate_kernel [H] ('embed',), gate_bias [] (),
                                           out_s2s [D, V] ('embed', 'vocab'),
                                           out_lm [H, V] ('embed', 'vocab')
-                                  cold:   lm_proj/{kernel [V, C] ('vocab', 'mlp'), bias [C]},
+                                  cold:   lm_proj/{kernel [V, C] ('vocab', None), bias [C] ('mlp',)},
                                           gate/{kernel [D + C, C] ('embed', 'mlp'), bias [C]},
                                           hidden/{kernel [D + C, C] ('embed', 'mlp'), bias [C]},
-                                          out [C, V] ('mlp', 'vocab'), out_bias [V] ('vocab',)
+                                          out [C, V] (None, 'vocab'), out_bias [V] ('vocab',)
                                   linear: s2s_weight, lm_weight [] or [V] ('vocab',), or
                                           gate_kernel [D + H, 2] ('embed', None),
                                           gate_bias [2] (None,)
@@ -67,9 +67,9 @@ Param tree (D = s2s width, H = LM width, C = cold_dim; logical axes in brackets)
 
 Inspection: applied with `mutable=['intermediates']`, deep and cold fusion sow their gates as
 intermediates/fusion/fusion_gate: g_t [B, T] (deep) or [B, T, C] (cold)
-(`lmfuse.models.inspect.fusion_gates`).
+(`lmfuse.evaluate.inspect.fusion_gates`).
 
-Decoding (`decode_init` / `decode_step`, the DecodeStep contract): the state is
+Decoding (`lmfuse.decode.adapters`, the DecodeStep contract): the state is
 {'s2s': the s2s's own decoding state, 'lm': the LM's}, every leaf batch-first, so sampling,
 beam search and decode-time fusion run on a fused model unchanged. Each base steps with its
 own DecodeStep; the bases' `logits_from_hidden` is intercepted to hand back its input, so
@@ -86,6 +86,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmfuse.models.encoder_decoder import EncoderDecoder
 from lmfuse.models.layers import compute_dtype, constrain, partitioned
 
 METHODS = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear")
@@ -97,19 +98,22 @@ PRETRAINED_S2S = ("deep", "linear")
 
 Params = Any
 Hidden = dict[str, jax.Array]
-State = dict[str, Any]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FusionConfig:
-    """How `FusedSeq2Seq` fuses; built from `config.fusion` by `registry.build_model`."""
+    """How `FusedSeq2Seq` fuses; built from `config.fusion` by `registry.build_model`.
+
+    Each field with a default is the config key `fusion.<field>` with its one default; the
+    others come from elsewhere: method from `fusion.method` (whose '' turns fusion off),
+    vocab_size from the tokenizer, dtype from `model.dtype`."""
 
     method: str  # one of METHODS
     vocab_size: int
+    dtype: str  # compute dtype of the fusion layers (params stay float32)
     weights_kind: str = "scalar"  # linear: 'scalar' | 'vector' | 'context'
-    train_bases: bool = False  # linear: fine-tune both bases with the weights
+    train_bases: bool = False  # linear: fine-tune both bases with the weights (else frozen)
     cold_dim: int = 256  # cold: width C of h^LM, the gate and the output DNN's hidden layer
-    dtype: str = "float32"  # compute dtype of the fusion layers (params stay float32)
 
     def frozen_bases(self) -> tuple[str, ...]:
         """The bases whose parameters never change ('s2s', 'lm')."""
@@ -120,7 +124,7 @@ class FusionConfig:
         return ("lm",)
 
 
-def _to_vocab(module: nn.Module, name: str, x: jax.Array, vocab: int, in_axis: str,
+def _to_vocab(module: nn.Module, name: str, x: jax.Array, vocab: int, in_axis: str | None,
               init: Callable, dtype: str) -> jax.Array:
     """x [..., D] @ a kernel `name` [D, V] -> float32 logits [..., V]."""
     kernel = module.param(name, partitioned(init, (in_axis, "vocab")), (x.shape[-1], vocab),
@@ -130,12 +134,14 @@ def _to_vocab(module: nn.Module, name: str, x: jax.Array, vocab: int, in_axis: s
                       preferred_element_type=jnp.float32)
 
 
-def _dense(features: int, axes: tuple[str | None, str | None], dtype: str, name: str) -> nn.Dense:
-    """A Dense layer with float32 params, kernel axes `axes`, LeCun-normal kernel, zero bias."""
+def _dense(features: int, axes: tuple[str | None, str | None], dtype: str, name: str,
+           bias_axis: str | None = None) -> nn.Dense:
+    """A Dense layer with float32 params, kernel axes `axes`, LeCun-normal kernel, zero bias
+    (its axis `bias_axis`, else the kernel's output axis)."""
     return nn.Dense(
         features, dtype=compute_dtype(dtype), param_dtype=jnp.float32, name=name,
         kernel_init=partitioned(nn.initializers.lecun_normal(), axes),
-        bias_init=partitioned(nn.initializers.zeros, (axes[1],)),
+        bias_init=partitioned(nn.initializers.zeros, (bias_axis or axes[1],)),
     )
 
 
@@ -151,7 +157,7 @@ class DeepFusion(nn.Module):
                        (h.shape[-1],), jnp.float32)
         b = self.param("gate_bias", partitioned(nn.initializers.zeros, ()), (), jnp.float32)
         gate = jax.nn.sigmoid(jnp.einsum("...h,h->...", h.astype(jnp.float32), v) + b)[..., None]
-        # A no-op unless the caller makes 'intermediates' mutable (`lmfuse.models.inspect`).
+        # A no-op unless the caller makes 'intermediates' mutable (`lmfuse.evaluate.inspect`).
         self.sow("intermediates", "fusion_gate", gate[..., 0])
         # out_s2s is replaced by the s2s's own output layer (`warm_start`); out_lm starts at 0.
         s_logits = _to_vocab(self, "out_s2s", s, c.vocab_size, "embed",
@@ -171,7 +177,9 @@ class ColdFusion(nn.Module):
         c = self.cfg
         dt = compute_dtype(c.dtype)
         shifted = lm_logits - jnp.max(lm_logits, axis=-1, keepdims=True)
-        h_lm = nn.relu(_dense(c.cold_dim, ("vocab", "mlp"), c.dtype, "lm_proj")(shifted))
+        # [V, C] kernels: V alone names an axis (vocab and mlp both map to 'tensor', and one
+        # mesh axis can shard only one of them).
+        h_lm = nn.relu(_dense(c.cold_dim, ("vocab", None), c.dtype, "lm_proj", "mlp")(shifted))
         h_lm = constrain(h_lm, ("batch", "length", "mlp"))
         s = s.astype(dt)
         gate = jax.nn.sigmoid(
@@ -183,7 +191,7 @@ class ColdFusion(nn.Module):
         hidden = constrain(hidden, ("batch", "length", "mlp"))
         bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("vocab",)),
                           (c.vocab_size,), jnp.float32)
-        return _to_vocab(self, "out", hidden, c.vocab_size, "mlp",
+        return _to_vocab(self, "out", hidden, c.vocab_size, None,
                          nn.initializers.lecun_normal(), c.dtype) + bias
 
 
@@ -220,8 +228,9 @@ def _one_zero(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.
 HEADS = {"deep": DeepFusion, "cold": ColdFusion, "linear": LinearFusion}
 
 
-class FusedSeq2Seq(nn.Module):
+class FusedSeq2Seq(EncoderDecoder):
     """An encoder-decoder fused with an LM. See the module docstring for equations and params.
+    `__call__` is `EncoderDecoder`'s: encode, decode_hidden (both states), logits_from_hidden.
 
     Calls (the encoder-decoders' contract; `hidden` is the pair {'s2s': s, 'lm': h}):
       logits = model.apply(v, inputs, decoder_inputs, inputs_segment_ids=None,
@@ -242,23 +251,8 @@ class FusedSeq2Seq(nn.Module):
         if self.cfg.method in HEADS:
             self.fusion = HEADS[self.cfg.method](self.cfg)
 
-    def __call__(
-        self,
-        inputs: jax.Array,
-        decoder_inputs: jax.Array,
-        inputs_segment_ids: jax.Array | None = None,
-        decoder_segment_ids: jax.Array | None = None,
-        inputs_positions: jax.Array | None = None,
-        decoder_positions: jax.Array | None = None,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        """Teacher-forced fused logits [B, T, V] float32."""
-        encoded = self.encode(inputs, inputs_segment_ids, inputs_positions, deterministic)
-        hidden = self.decode_hidden(
-            encoded, inputs_segment_ids, decoder_inputs, decoder_segment_ids, decoder_positions,
-            deterministic,
-        )
-        return self.logits_from_hidden(hidden)
+    def _copies_source(self) -> bool:
+        return False  # fusion refuses copy models (`registry.check_fusion`)
 
     def encode(
         self,
@@ -338,57 +332,3 @@ def warm_start(model: FusedSeq2Seq, params: Params) -> Params:
     width = params["fusion"]["out_s2s"].shape[0]
     out = model.apply({"params": params}, width, method=FusedSeq2Seq.s2s_output_layer)
     return {**params, "fusion": {**params["fusion"], "out_s2s": out}}
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding
-
-
-def _hidden_not_logits(next_fun, args, kwargs, context):
-    """Interceptor: a base's `logits_from_hidden` hands back its input, the hidden state."""
-    if context.method_name == "logits_from_hidden":
-        return args[0]
-    return next_fun(*args, **kwargs)
-
-
-def _base_steps(model: FusedSeq2Seq, zero_context: bool):
-    from lmfuse.decode.step import lm_decode_step, seq2seq_decode_step
-
-    return seq2seq_decode_step(model.s2s, zero_context), lm_decode_step(model.lm)
-
-
-def _fused_logits(model: FusedSeq2Seq, params: Params, s: jax.Array, h: jax.Array) -> jax.Array:
-    """Last-position states s [B, D], h [B, H] -> fused logits [B, V]."""
-    hidden = {"s2s": s[:, None], "lm": h[:, None]}
-    return model.apply({"params": params}, hidden, method="logits_from_hidden")[:, 0]
-
-
-def decode_init(
-    model: FusedSeq2Seq,
-    params: Params,
-    batch: dict[str, jax.Array],
-    max_len: int,
-    zero_context: bool = False,
-) -> tuple[jax.Array, State]:
-    """Encodes `batch['inputs']` and prefills both decoders with `batch['prompt']`:
-    (logits [B, V] of the first new token, {'s2s': s2s state, 'lm': LM state})."""
-    s2s_step, lm_step = _base_steps(model, zero_context)
-    with nn.intercept_methods(_hidden_not_logits):
-        s, s2s_state = s2s_step.init(params["s2s"], batch, max_len)
-        h, lm_state = lm_step.init(params["lm"], {"prompt": batch["prompt"]}, max_len)
-    return _fused_logits(model, params, s, h), {"s2s": s2s_state, "lm": lm_state}
-
-
-def decode_step(
-    model: FusedSeq2Seq,
-    params: Params,
-    state: State,
-    tokens: jax.Array,
-    zero_context: bool = False,
-) -> tuple[jax.Array, State]:
-    """Feeds tokens [B] to both decoders: (fused logits [B, V] of the next token, new state)."""
-    s2s_step, lm_step = _base_steps(model, zero_context)
-    with nn.intercept_methods(_hidden_not_logits):
-        s, s2s_state = s2s_step.step(params["s2s"], state["s2s"], tokens)
-        h, lm_state = lm_step.step(params["lm"], state["lm"], tokens)
-    return _fused_logits(model, params, s, h), {"s2s": s2s_state, "lm": lm_state}

@@ -4,15 +4,18 @@ Shapes use B = batch, T = query length, S = key length, E = embedding width, V =
 N = attention heads, H = per-head width.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`) and key activations
-carry logical constraints, so a rules table elsewhere can map them onto a device mesh. With no
-rules active the constraints are no-ops. The only logical names used in `lmfuse.models` are
-`LOGICAL_AXES`.
+carry logical constraints, so a rules table elsewhere (`config.mesh.rules`) can map them onto a
+device mesh. With no rules active the constraints are no-ops. The only logical names used in
+`lmfuse.models` are `LOGICAL_AXES` for parameters and the same names prefixed `activation_`
+for activations (`constrain` adds the prefix), so a rule for one never reaches the other and
+the mapping does not depend on the order of the rules (MaxText names them the same way).
 
 Parameters are always float32; `dtype` is the compute dtype, and logits come out in float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -20,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmfuse.data.tokenizer import BOS_ID
+from lmfuse.tokens import BOS_ID
 
 LOGICAL_AXES = (
     "batch",  # examples in a batch
@@ -45,6 +48,23 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The fields every model family's config shares (`TransformerConfig`, `RNNConfig`, ...).
+
+    Each field with a default is the config key `model.<field>`, and this is its only default:
+    a key is declared in one dataclass, and `registry.model_defaults` collects them all. A
+    field without a default (`vocab_size`) is filled in by `registry.build_model`.
+    """
+
+    vocab_size: int
+    emb_dim: int = 512  # token embedding width (the transformer's model width)
+    num_layers: int = 6  # (decoder) layers
+    dropout: float = 0.1  # on embeddings, residual branches (transformer) / between layers (RNN)
+    tie_embeddings: bool = True  # output layer = embedding matrix transposed
+    dtype: str = "float32"  # compute dtype, 'float32' | 'bfloat16'; params are always float32
+
+
 def compute_dtype(name: str) -> jnp.dtype:
     """'float32' or 'bfloat16' -> the jnp dtype used for activations and matmuls."""
     return jnp.dtype(DTYPES[name])
@@ -55,8 +75,18 @@ def partitioned(init: Callable, axes: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, axes)
 
 
+ACTIVATION_PREFIX = "activation_"
+
+
+def activation_axes(axes: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """('batch', 'length', 'embed') -> ('activation_batch', 'activation_length', ...)."""
+    return tuple(None if a is None else ACTIVATION_PREFIX + a for a in axes)
+
+
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
-    return nn.with_logical_constraint(x, axes)
+    """Constrains activation `x` to the logical `axes` (named as parameters are; the activation
+    names are what the rules map)."""
+    return nn.with_logical_constraint(x, activation_axes(axes))
 
 
 class EinsumDense(nn.Module):

@@ -41,12 +41,14 @@ import jax.numpy as jnp
 
 from lmfuse.models.layers import ACTIVATIONS, Embed, Head, compute_dtype, constrain, partitioned
 from lmfuse.models.seq2seq_transformer import TransformerEncoder
-from lmfuse.models.transformer import TransformerConfig, _layer_norm
+from lmfuse.models.transformer import TransformerConfig
+from lmfuse.models.transformer_layers import layer_norm
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MaskedLMConfig(TransformerConfig):
-    """`TransformerConfig` plus the choice of BERT's output transform."""
+    """`TransformerConfig` plus the choice of BERT's output transform, a module option that
+    no config key sets (`registry.MODULE_OPTIONS`)."""
 
     # BERT's dense + activation + LayerNorm before the output layer. Off by default: in the
     # tiny learning test's setting (one layer, width 32, Adam) a model with it was still at the
@@ -72,7 +74,7 @@ class MaskedLM(nn.Module):
                 kernel_init=partitioned(nn.initializers.normal(0.02), (None, "embed")),
                 bias_init=partitioned(nn.initializers.zeros, ("embed",)),
             )
-            self.transform_ln = _layer_norm(c)
+            self.transform_ln = layer_norm(c)
         if not c.tie_embeddings:
             self.lm_head = Head(c.vocab_size, "embed", c.dtype)
         bias_init = partitioned(nn.initializers.zeros, ("vocab",))

@@ -9,10 +9,18 @@ a config and returns the Flax module it describes.
 
 Models never read a config themselves: `build_model` copies the fields their frozen config
 dataclass declares (`TransformerConfig`, `RNNConfig`, ...) into it, and the module holds that.
+
+One schema: each model key is declared once, as a dataclass field with a default (keys shared
+by several families are fields of a shared base, `layers.ModelConfig` or
+`encoder_decoder.EncoderDecoderConfig`), or in `CONFIG_ONLY_KEYS`; `model_defaults()` collects
+them. Each key has one validator: `CHOICES`, `POSITIVE_INTS` and the range checks of
+`_checked`. The fusion group's keys are `FusionConfig`'s fields likewise (`fusion_defaults`),
+checked by `check_fusion`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,8 +28,12 @@ import flax.linen as nn
 import ml_collections
 
 from lmfuse.errors import LmfuseError
+from lmfuse.models.fusion import METHODS, WEIGHTS_KINDS, FusedSeq2Seq, FusionConfig
 from lmfuse.models.layers import ACTIVATIONS, DTYPES
+from lmfuse.models.masked_lm import MaskedLM, MaskedLMConfig
 from lmfuse.models.rnn import RNNLM, RNNConfig
+from lmfuse.models.seq2seq_rnn import Seq2SeqRNN, Seq2SeqRNNConfig
+from lmfuse.models.seq2seq_transformer import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from lmfuse.models.transformer import REMAT_POLICIES, TransformerConfig, TransformerLM
 
 LM_NAMES = ("rnn", "lstm", "gru", "transformer")
@@ -29,6 +41,21 @@ SEQ2SEQ_NAMES = ("s2s_transformer", "s2s_rnn")
 MASKED_LM_NAMES = ("masked_lm",)
 MODEL_NAMES = LM_NAMES + SEQ2SEQ_NAMES + MASKED_LM_NAMES
 TRANSFORMER_NAMES = ("transformer", "s2s_transformer", "masked_lm")
+
+# model.name -> (Flax module, its config dataclass).
+FAMILIES: dict[str, tuple[type[nn.Module], type]] = {
+    "transformer": (TransformerLM, TransformerConfig),
+    "rnn": (RNNLM, RNNConfig),
+    "lstm": (RNNLM, RNNConfig),
+    "gru": (RNNLM, RNNConfig),
+    "s2s_transformer": (Seq2SeqTransformer, Seq2SeqTransformerConfig),
+    "s2s_rnn": (Seq2SeqRNN, Seq2SeqRNNConfig),
+    "masked_lm": (MaskedLM, MaskedLMConfig),
+}
+# Model keys that no dataclass field holds, with their one default.
+CONFIG_ONLY_KEYS: dict[str, Any] = {"name": "transformer"}  # one of MODEL_NAMES
+# Dataclass fields with a default that no config key sets: module options for code and tests.
+MODULE_OPTIONS = ("head_transform",)
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "name": MODEL_NAMES,
@@ -44,57 +71,26 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE_INTS = ("emb_dim", "hidden_dim", "num_layers", "num_heads", "mlp_dim", "max_len")
 
 
+def field_defaults(config_class: type) -> dict[str, Any]:
+    """The fields of a config dataclass that have a default, with it: the keys it declares."""
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(config_class)
+        if f.default is not dataclasses.MISSING and f.name not in MODULE_OPTIONS
+    }
+
+
 def model_defaults() -> ml_collections.ConfigDict:
-    """Every model key with a typed default. Keys a family does not use are ignored by it."""
-    c = ml_collections.ConfigDict()
-    c.name = "transformer"  # one of MODEL_NAMES
-    c.emb_dim = 512  # token embedding width (the transformer's model width)
-    c.hidden_dim = 512  # RNN state width (must equal emb_dim when tie_embeddings)
-    c.num_layers = 6
-    c.num_heads = 8
-    c.head_dim = 0  # 0 means emb_dim // num_heads
-    c.mlp_dim = 2048
-    c.dropout = 0.1  # on embeddings, residual branches (transformer) / between layers (RNN)
-    c.tie_embeddings = True  # output layer = embedding matrix transposed
-    c.norm = "pre"  # 'pre' | 'post' LayerNorm
-    c.positions = "learned"  # 'learned' | 'sinusoidal' | 'rope'
-    c.max_len = 512  # learned position table size and default KV cache length
-    c.activation = "gelu"  # 'gelu' (erf) | 'gelu_new' (tanh approx., GPT-2) | 'relu'
-    c.layer_norm_epsilon = 1e-5
-    c.use_bias = True  # biases in the transformer's dense layers
-    c.scan_layers = False  # nn.scan over transformer layers (params get a 'layers' axis)
-    c.remat_policy = "none"  # 'none' | 'full' | 'dots' | 'dots_no_batch'
-    c.dtype = "float32"  # compute dtype, 'float32' | 'bfloat16'; params are always float32
-    c.attention_impl = "xla"  # 'xla' | 'cudnn' (GPU, bf16; jax.nn.dot_product_attention)
-    c.hoist_input_projection = True  # RNN: input-to-hidden matmul for all steps before the scan
-    # Encoder-decoders.
-    c.num_encoder_layers = 0  # 0 means num_layers
-    c.share_embeddings = True  # one table for source, target (and the tied output layer)
-    c.cell = "lstm"  # s2s_rnn: 'lstm' | 'gru' (bidirectional encoder, attentional decoder)
-    c.attention = "bahdanau"  # s2s_rnn: 'bahdanau' (additive) | 'luong' (multiplicative)
-    # Pointer-generator output: a gate mixes the vocab softmax with a copy of source tokens
-    # (See et al. 2017; lmfuse.models.copy). Not with trained fusion (fusion.method).
-    c.copy_source = False
+    """Every model key with its one default. Keys a family does not use are ignored by it."""
+    c = ml_collections.ConfigDict(dict(CONFIG_ONLY_KEYS))
+    for _, config_class in FAMILIES.values():
+        c.update(field_defaults(config_class))
     return c
 
 
-def _module_and_config(name: str):
-    """(module class, its config dataclass) for a model name; imported on demand."""
-    if name == "transformer":
-        return TransformerLM, TransformerConfig
-    if name in ("rnn", "lstm", "gru"):
-        return RNNLM, RNNConfig
-    if name == "s2s_transformer":
-        from lmfuse.models import seq2seq_transformer as m
-
-        return m.Seq2SeqTransformer, m.Seq2SeqTransformerConfig
-    if name == "s2s_rnn":
-        from lmfuse.models import seq2seq_rnn as m
-
-        return m.Seq2SeqRNN, m.Seq2SeqRNNConfig
-    from lmfuse.models import masked_lm as m
-
-    return m.MaskedLM, m.MaskedLMConfig
+def fusion_defaults() -> dict[str, Any]:
+    """The fusion group's keys that `FusionConfig` declares, with their one default."""
+    return field_defaults(FusionConfig)
 
 
 def build_model(
@@ -109,7 +105,7 @@ def build_model(
     if fusion_cfg is not None and _as_dict(fusion_cfg).get("method"):
         return _build_fused(model_cfg, _as_dict(fusion_cfg), vocab_size)
     c = _checked(model_cfg, vocab_size)
-    module, config_class = _module_and_config(c["name"])
+    module, config_class = FAMILIES[c["name"]]
     fields = {f: c[f] for f in config_class.__dataclass_fields__ if f in c}
     fields["vocab_size"] = vocab_size
     if config_class is RNNConfig:
@@ -129,11 +125,9 @@ def check_fusion(
     """One-line errors for a fusion group that cannot work: an unknown method or weights
     kind, a base model that is not an encoder-decoder, or one with a copy output (every
     method fuses the s2s's vocab logits and would drop the copy part without a word).
-    Workdirs are checked where loaded."""
-    from lmfuse.models.fusion import METHODS, WEIGHTS_KINDS
-
-    f = _as_dict(fusion_cfg)
-    method = f.get("method", "")
+    Workdirs are checked where loaded. Keys left out take their defaults."""
+    f = {**fusion_defaults(), **_as_dict(fusion_cfg)}
+    method = f.get("method")
     if method not in METHODS:
         raise LmfuseError(
             f"unknown fusion.method {method!r}; choose one of {', '.join(METHODS)} ('' for none)"
@@ -148,17 +142,16 @@ def check_fusion(
             f"fusion.method={method!r} cannot fuse a model with model.copy_source=True (fusion "
             "reads only its vocab logits); set model.copy_source=False or fusion.method=''"
         )
-    if f.get("weights_kind", "scalar") not in WEIGHTS_KINDS:
+    if f["weights_kind"] not in WEIGHTS_KINDS:
         raise LmfuseError(
             f"fusion.weights_kind={f['weights_kind']!r} is not one of {', '.join(WEIGHTS_KINDS)}"
         )
-    if f.get("cold_dim", 1) <= 0:
+    if f["cold_dim"] <= 0:
         raise LmfuseError(f"fusion.cold_dim={f['cold_dim']} must be positive")
 
 
 def _build_fused(model_cfg, fusion_cfg: dict[str, Any], vocab_size: int) -> nn.Module:
-    from lmfuse.models.fusion import FusedSeq2Seq, FusionConfig
-
+    fusion_cfg = {**fusion_defaults(), **fusion_cfg}
     s2s_cfg = _checked(model_cfg, vocab_size)
     check_fusion(fusion_cfg, s2s_cfg["name"], s2s_cfg["copy_source"])
     lm_model = fusion_cfg.get("lm_model") or {}
@@ -174,10 +167,8 @@ def _build_fused(model_cfg, fusion_cfg: dict[str, Any], vocab_size: int) -> nn.M
     cfg = FusionConfig(
         method=fusion_cfg["method"],
         vocab_size=vocab_size,
-        weights_kind=fusion_cfg.get("weights_kind", "scalar"),
-        train_bases=fusion_cfg.get("train_bases", False),
-        cold_dim=fusion_cfg.get("cold_dim", 256),
         dtype=s2s_cfg["dtype"],
+        **{key: fusion_cfg[key] for key in fusion_defaults()},
     )
     return FusedSeq2Seq(build_model(s2s_cfg, vocab_size), build_model(lm_model, vocab_size), cfg)
 

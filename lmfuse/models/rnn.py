@@ -44,12 +44,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmfuse.models.layers import Embed, Head, compute_dtype, constrain, partitioned, segment_starts
+from lmfuse.models.layers import (
+    Embed,
+    Head,
+    ModelConfig,
+    compute_dtype,
+    constrain,
+    partitioned,
+    segment_starts,
+)
+
+if TYPE_CHECKING:
+    from lmfuse.models.seq2seq_rnn import Seq2SeqRNNConfig
 
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -63,18 +75,16 @@ Carry = dict[str, jax.Array]
 # median per-pair ratio 1.80x.
 
 
-@dataclasses.dataclass(frozen=True)
-class RNNConfig:
-    """Hyperparameters of `RNNLM`; built from a model config by `registry.build_model`."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RNNConfig(ModelConfig):
+    """Hyperparameters of `RNNLM`; built from a model config by `registry.build_model`.
+    Each field's default is its config key's one default (see `ModelConfig`); the carry stays
+    float32 whatever the dtype."""
 
-    vocab_size: int
-    cell: str = "lstm"  # 'rnn' | 'lstm' | 'gru'
-    emb_dim: int = 512
-    hidden_dim: int = 512
-    num_layers: int = 2
-    dropout: float = 0.0
-    tie_embeddings: bool = True
-    dtype: str = "float32"  # compute dtype of the matmuls; the carry stays float32
+    # 'rnn' | 'lstm' | 'gru'. An LM's comes from model.name; s2s_rnn reads the key itself.
+    cell: str = "lstm"
+    hidden_dim: int = 512  # state width (must equal emb_dim when tie_embeddings)
+    # The input-to-hidden matmul for all steps at once, before the scan.
     hoist_input_projection: bool = True
 
 
@@ -312,3 +322,49 @@ class RNNLM(nn.Module):
         c = self.cfg
         zeros = jnp.zeros((c.num_layers, batch_size, c.hidden_dim), jnp.float32)
         return {"h": zeros, "c": zeros} if c.cell == "lstm" else {"h": zeros}
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoder-decoder's bidirectional encoder (`seq2seq_rnn`)
+
+
+def zero_carry(cell: str, shape: tuple[int, ...]) -> Carry:
+    """A float32 zero carry of `shape` ({'h'} or, for an LSTM, {'h', 'c'})."""
+    zeros = jnp.zeros(shape, jnp.float32)
+    return {"h": zeros, "c": zeros} if cell == "lstm" else {"h": zeros}
+
+
+class BidirectionalLayer(nn.Module):
+    """x [B, S, D] -> [forward ; backward] outputs [B, S, 2H]; see the module docstring."""
+
+    cfg: Seq2SeqRNNConfig  # its rnn_config() for each direction
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, keep_fwd: jax.Array | None, keep_bwd: jax.Array | None
+    ) -> jax.Array:
+        rc = self.cfg.rnn_config()
+        carry = zero_carry(rc.cell, (x.shape[0], rc.hidden_dim))
+        forward, _ = RecurrentLayer(rc, name="forward")(x, keep_fwd, carry)
+        backward, _ = RecurrentLayer(rc, name="backward")(jnp.flip(x, axis=1), keep_bwd, carry)
+        return jnp.concatenate([forward, jnp.flip(backward, axis=1)], axis=-1)
+
+
+class Encoder(nn.Module):
+    """Embedded source [B, S, E] -> memory [B, S, 2H] (after dropout), in the compute dtype."""
+
+    cfg: Seq2SeqRNNConfig  # its rnn_config() for each direction
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, segment_ids: jax.Array | None, deterministic: bool
+    ) -> jax.Array:
+        keep_fwd = keep_bwd = None
+        if segment_ids is not None:
+            keep_fwd = segment_starts(segment_ids)
+            keep_bwd = segment_starts(jnp.flip(segment_ids, axis=1))
+        drop = nn.Dropout(self.cfg.dropout)
+        for i in range(self.cfg.encoder_layers):
+            x = BidirectionalLayer(self.cfg, name=f"layers_{i}")(x, keep_fwd, keep_bwd)
+            x = drop(x, deterministic=deterministic)
+        return constrain(x, ("batch", "length", "hidden"))

@@ -1,8 +1,9 @@
 """Checkpoints: train state + data-iterator state + config + tokenizer reference, with Orbax.
 
-One `CheckpointManager` per workdir (`<workdir>/checkpoints`) holds four items per step:
+One `CheckpointManager` per workdir (`<workdir>/checkpoints`) holds five items per step:
 
-* `state`:     the TrainState pytree (params, optimizer state, step), saved asynchronously;
+* `params`:    the model parameters, saved asynchronously (all that inference restores);
+* `optimizer`: {'step', 'opt_state'}: the rest of the TrainState, which only resuming reads;
 * `data`:      the Grain iterator state, so a resumed run sees exactly the next batch;
 * `config`:    the full config as JSON (what `lmfuse eval/sample` rebuild the model from);
 * `tokenizer`: the SentencePiece model path and its SHA-256 (fusion compares these).
@@ -24,7 +25,7 @@ import orbax.checkpoint as ocp
 
 from lmfuse.errors import LmfuseError
 
-ITEMS = ("state", "data", "config", "tokenizer")
+ITEMS = ("params", "optimizer", "data", "config", "tokenizer")
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -34,7 +35,8 @@ def checkpoint_dir(workdir: str | Path) -> Path:
 def _handlers() -> dict:
     # Registered up front so item metadata (stored shapes) is readable before any restore.
     return {
-        "state": ocp.StandardCheckpointHandler(),
+        "params": ocp.StandardCheckpointHandler(),
+        "optimizer": ocp.StandardCheckpointHandler(),
         "data": grain.checkpoint.CheckpointHandler(),
         "config": ocp.JsonCheckpointHandler(),
         "tokenizer": ocp.JsonCheckpointHandler(),
@@ -72,7 +74,8 @@ def save(
 ) -> bool:
     """Saves asynchronously; `force` saves off the `every` grid (end of run, SIGTERM)."""
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        params=ocp.args.StandardSave(state.params),
+        optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(json.loads(config.to_json())),
         tokenizer=ocp.args.JsonSave(tokenizer_ref),
@@ -86,14 +89,16 @@ def restore(
     """Restores state (against `abstract_state`) and the iterator in place; returns (state, step)."""
     step = manager.latest_step() if step is None else step
     # Compare shapes first: a failed Orbax restore leaves async tasks that spew at exit.
-    mismatch = _shape_mismatch(manager, step, abstract_state)
+    mismatch = _shape_mismatch(manager, step, abstract_state.params)
     if mismatch:
         raise LmfuseError(mismatch)
+    optimizer = {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
     try:
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
+                params=ocp.args.StandardRestore(abstract_state.params),
+                optimizer=ocp.args.StandardRestore(optimizer),
                 data=grain.checkpoint.CheckpointRestore(data_iterator),
             ),
         )
@@ -103,7 +108,33 @@ def restore(
             f"checkpoint step {step} does not fit this model ({first_line}); "
             "use a fresh --workdir or the config that made it"
         ) from None
-    return restored.state, step
+    state = abstract_state.replace(
+        step=restored.optimizer["step"], params=restored.params,
+        opt_state=restored.optimizer["opt_state"],
+    )
+    return state, step
+
+
+def restore_params(workdir: str | Path, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """The params of a workdir's checkpoint (latest, or `step`), restored against
+    `abstract_params` (shapes, dtypes, shardings): (params, step). The one way inference reads
+    a model; the optimizer state is never read."""
+    manager = make_manager(workdir, read_only=True)
+    try:
+        steps = manager.all_steps()
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in steps:
+            kept = ", ".join(map(str, steps)) or "none"
+            raise LmfuseError(f"{workdir} has no checkpoint at step {step} (kept steps: {kept})")
+        mismatch = _shape_mismatch(manager, step, abstract_params)
+        if mismatch:
+            raise LmfuseError(mismatch)
+        restored = manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+        )
+    finally:
+        manager.close()
+    return restored.params, step
 
 
 def read_json_item(workdir: str | Path, item: str, step: int | None = None) -> dict:
@@ -120,25 +151,40 @@ def read_json_item(workdir: str | Path, item: str, step: int | None = None) -> d
     return restored[item]
 
 
-def _shape_mismatch(manager, step, abstract_state) -> str | None:
+def stored_param_shapes(workdir: str | Path, step: int | None = None) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{parameter path: stored shape} of a checkpoint (latest, or `step`), read from metadata."""
+    manager = make_manager(workdir, read_only=True)
+    try:
+        step = manager.latest_step() if step is None else step
+        stored = manager.item_metadata(step).params
+    finally:
+        manager.close()
+    return {path_names(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+
+
+def _shape_mismatch(manager, step, abstract_params) -> str | None:
     """Names the first parameter whose stored shape differs from the model's, if any."""
-    stored = manager.item_metadata(step).state
+    stored = manager.item_metadata(step).params
+    if stored is None:
+        return (f"checkpoint step {step} holds no 'params' item (written by an older lmfuse, "
+                "or damaged); train again in a fresh --workdir")
     stored_leaves = {
-        _path_names(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
+        path_names(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]
     }
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
-        have = stored_leaves.get(_path_names(path))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+        have = stored_leaves.get(path_names(path))
         shape = getattr(have, "shape", None)
         if shape is not None and tuple(shape) != tuple(leaf.shape):
             return (
-                f"checkpoint step {step} does not fit this model: {'/'.join(_path_names(path))} "
+                f"checkpoint step {step} does not fit this model: {'/'.join(path_names(path))} "
                 f"is stored as {tuple(shape)} but the config gives {tuple(leaf.shape)}; "
                 "use a fresh --workdir or the config that made it"
             )
     return None
 
 
-def _path_names(path) -> tuple[str, ...]:
+def path_names(path) -> tuple[str, ...]:
     """Key path as plain names: stored metadata uses dict keys where the state has attributes."""
     names = []
     for key in path:

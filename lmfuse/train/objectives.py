@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lmfuse.data.tokenizer import PAD_ID
 from lmfuse.errors import LmfuseError
 from lmfuse.models.layers import shift_right
 from lmfuse.models.registry import MASKED_LM_NAMES, SEQ2SEQ_NAMES
+from lmfuse.tokens import PAD_ID
 
 Batch = dict[str, jax.Array]
 OBJECTIVES = ("lm", "seq2seq", "mlm")

@@ -7,6 +7,7 @@ common practice (GPT-2/3, nanoGPT): decaying them hurts and buys nothing.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -88,3 +89,19 @@ def build_optimizer(
         raise LmfuseError(f"optimizer.learning_rate must be positive, got {cfg.learning_rate}")
     clip = optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm > 0 else optax.identity()
     return optax.chain(clip, optimizer), schedule
+
+
+def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]) -> optax.GradientTransformation:
+    """`tx` on every top-level params subtree but the `frozen` ones, which stay bit-identical
+    and get no optimizer state (Adam moments exist only for what trains)."""
+    if not frozen:
+        return tx
+
+    def labels(params) -> dict[str, str]:
+        return {name: "frozen" if name in frozen else "trained" for name in params}
+
+    # Updates of -0.0, not set_to_zero's +0.0: p + (-0.0) is p bit for bit for every p, while
+    # (-0.0) + 0.0 is +0.0.
+    keep = optax.stateless(lambda updates, params=None: jax.tree.map(
+        lambda u: jnp.full_like(u, -0.0), updates))
+    return optax.multi_transform({"trained": tx, "frozen": keep}, labels)

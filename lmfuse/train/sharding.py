@@ -1,11 +1,17 @@
 """Mesh and logical-axis sharding, in one place.
 
-Models name the axes of every parameter and key activation ('batch', 'embed', 'mlp', ...).
-`LOGICAL_AXIS_RULES` maps those names to the three mesh axes:
+Models name the axes of every parameter ('embed', 'mlp', ...) and key activation
+('activation_batch', 'activation_embed', ...; `lmfuse.models.layers`). The rules table,
+`config.mesh.rules`, maps each name to mesh axes, a comma list ('' = replicated):
 
 * `data`:   pure data parallelism (parameters replicated);
 * `fsdp`:   data parallelism whose parameters and optimizer state are sharded (ZeRO-3 style);
 * `tensor`: tensor (model) parallelism over heads, MLP width and vocabulary.
+
+Flax gives each mesh axis to the first rule that claims it, so a table where one name meant
+both a parameter axis and an activation axis would depend on its order; with separate
+activation names every name appears once and no two names of one array share a mesh axis, so
+any order gives the same shardings (tests/train/test_sharding.py checks that).
 
 The same code runs on one CPU, on 8 simulated CPU devices, and on a multi-host pod after
 `jax.distributed.initialize()`: only the mesh sizes in the config change.
@@ -20,27 +26,28 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from lmfuse.errors import LmfuseError
 
 MESH_AXES = ("data", "fsdp", "tensor")
-
-# Logical axis -> mesh axes. Order matters only for readability; each logical name appears once.
-LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("hidden", "tensor"),
-    ("gates", None),
-    ("layers", None),
-)
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 
+def rules_from_config(mesh_cfg: ml_collections.ConfigDict) -> Rules:
+    """`mesh.rules` ({logical name: 'axis,axis' or ''}) as Flax's rules table."""
+    rules = []
+    for name, value in mesh_cfg.rules.items():
+        axes = tuple(a.strip() for a in str(value).split(",") if a.strip())
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            raise LmfuseError(
+                f"mesh.rules.{name}={value!r} names {unknown[0]!r}, not a mesh axis; use a comma "
+                f"list of {', '.join(MESH_AXES)}, or '' to replicate"
+            )
+        # One axis as its name, as Flax's own tables write it; several as a tuple.
+        rules.append((name, axes[0] if len(axes) == 1 else axes or None))
+    return tuple(rules)
 
 
 def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
@@ -66,19 +73,21 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[i
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(mesh_cfg, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    # Auto axes: shardings come from the rules and jit's in/out shardings, as before explicit
+    # sharding existed.
+    return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=(AxisType.Auto,) * 3)
 
 
 @contextlib.contextmanager
-def activate(mesh: Mesh):
+def activate(mesh: Mesh, rules: Rules):
     """Makes `mesh` and the rules current, so the models' activation constraints take effect."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield mesh
 
 
-def logical_to_sharding(logical_specs, mesh: Mesh):
+def logical_to_sharding(logical_specs, mesh: Mesh, rules: Rules):
     """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
-    mesh_specs = nn.logical_to_mesh(logical_specs, LOGICAL_AXIS_RULES)
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
     return jax.tree.map(
         lambda spec: NamedSharding(mesh, spec),
         mesh_specs,
@@ -86,18 +95,19 @@ def logical_to_sharding(logical_specs, mesh: Mesh):
     )
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches are split along 'batch' (data x fsdp) and replicated over 'tensor'."""
-    return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch", None), LOGICAL_AXIS_RULES))
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Batches are split as the rules split 'activation_batch' (data x fsdp by default)."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("activation_batch", None), rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh, rules: Rules
+                 ) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded along the batch axis."""
-    sharding = batch_sharding(mesh)
+    sharding = batch_sharding(mesh, rules)
     return {
         key: jax.make_array_from_process_local_data(sharding, value)
         for key, value in local_batch.items()

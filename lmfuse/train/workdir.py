@@ -1,4 +1,5 @@
-"""Opening a trained workdir: its config, tokenizer and restored parameters."""
+"""Opening a trained workdir: its config, tokenizer and restored parameters (never the
+optimizer state: only resuming a run reads that, in `lmfuse.train.loop`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.errors import LmfuseError
 from lmfuse.train import checkpoint
-from lmfuse.train.loop import Trainer, build_trainer
+from lmfuse.train.trainer import Model, build_model_on_mesh
 
 
 def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -36,21 +36,13 @@ def load_workdir_tokenizer(workdir: str | Path) -> Tokenizer:
     return tokenizer
 
 
-def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Trainer, object, int]:
-    """Rebuilds the trainer from the stored config and restores the train state."""
+def load_model(workdir: str | Path, step: int | None = None) -> tuple[Model, object, int]:
+    """(the model rebuilt from the stored config on its mesh, its params, the step): the latest
+    checkpoint, or `step`."""
     config = load_workdir_config(workdir)
-    trainer = build_trainer(config, load_workdir_tokenizer(workdir))
-    manager = checkpoint.make_manager(workdir, read_only=True)
-    step = manager.latest_step() if step is None else step
-    if step not in manager.all_steps():
-        steps = ", ".join(map(str, manager.all_steps())) or "none"
-        manager.close()
-        raise LmfuseError(f"{workdir} has no checkpoint at step {step} (kept steps: {steps})")
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state))
-    )
-    manager.close()
-    return trainer, restored.state, step
+    model = build_model_on_mesh(config, load_workdir_tokenizer(workdir))
+    params, step = checkpoint.restore_params(workdir, model.abstract_params, step)
+    return model, params, step
 
 
 def params_digest(params) -> str:

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 
 from lmfuse.config import load_config
-from lmfuse.data import bible, corpora
+from lmfuse.data import bible_text, corpora
 from lmfuse.errors import LmfuseError
 
 CONFIG = "configs/data_bible.py"
@@ -74,7 +74,7 @@ def test_public_source_uses_every_other_version_with_tags(data_dir):
     cfg = config(data_dir, "translate", **{"data.source": "public", "data.tag_source": True})
     examples = corpora.load_examples(cfg, "validation").dataset
     tags = {ex["source"].split(" ", 1)[0] for ex in examples}
-    others = {f"<{v}>" for v in bible.VALIDATED_VERSIONS if v != "asv"}
+    others = {f"<{v}>" for v in bible_text.VALIDATED_VERSIONS if v != "asv"}
     assert tags == others
     assert all(ex["target"] for ex in examples)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lmfuse.data import bible, sword
+from lmfuse.data import alignment, bible_ids, sword
 from lmfuse.errors import LmfuseError
 
-ref = bible.parse_reference
+ref = bible_ids.parse_reference
 
 HAS_MODULE = (Path(sword.DEFAULT_SWORD_DIR) / "mods.d" / "spaRV1909eb.conf").exists()
 
@@ -33,7 +33,7 @@ def rv(cache_path) -> dict[int, str]:
 
 
 @pytest.fixture(scope="module")
-def report(rv) -> bible.AlignmentReport:
+def report(rv) -> alignment.AlignmentReport:
     return sword.check_rv1909(rv)
 
 
@@ -45,7 +45,7 @@ def slots() -> dict[int, str]:
 
 
 def test_keyed_by_every_kjv_verse(rv):
-    assert list(rv) == bible.kjv_verse_ids()
+    assert list(rv) == bible_ids.kjv_verse_ids()
     assert sum(1 for text in rv.values() if text) == 31_081
 
 
@@ -153,14 +153,14 @@ def test_epistle_subscriptions_are_dropped(rv):
 
 
 def test_text_merged_into_a_neighbour_leaves_an_empty_verse(rv):
-    empty = [bible.reference(v) for v, text in rv.items() if not text]
+    empty = [bible_ids.reference(v) for v, text in rv.items() if not text]
     assert "Acts 19:41" in empty and "Numbers 13:33" in empty and "Job 40:1" in empty
     assert "despidió la concurrencia" in rv[ref("Acts 19:40")]
     assert len(empty) == 21
 
 
 def test_one_verse_off_fails_the_check(rv):
-    ids = bible.kjv_verse_ids()
+    ids = bible_ids.kjv_verse_ids()
     off = dict(zip(ids[1:], (rv[v] for v in ids), strict=False)) | {ids[0]: rv[ids[0]]}
     report = sword.check_rv1909(off)
     assert not report.passed and report.lexical_flag_rate > 0.5

@@ -1,4 +1,4 @@
-"""Cross-attention maps of the encoder-decoders (`lmfuse.models.inspect.cross_attention`): a
+"""Cross-attention maps of the encoder-decoders (`lmfuse.evaluate.inspect.cross_attention`): a
 distribution over the real source positions for every real target token, the same whether the
 Transformer's layers are scanned or not, blind to extra padding, and for the RNN exactly the
 weights its decoder uses."""
@@ -15,8 +15,8 @@ from flax import linen as nn
 
 from lmfuse.data.tokenizer import EOS_ID, PAD_ID
 from lmfuse.errors import LmfuseError
+from lmfuse.evaluate.inspect import cross_attention
 from lmfuse.models import build_model, model_defaults, stack_layers
-from lmfuse.models.inspect import cross_attention
 from lmfuse.models.layers import shift_right
 
 # The reference computations are tiny: compile them fast (LLVM level 0 changes speed only).

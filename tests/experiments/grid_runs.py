@@ -1,29 +1,47 @@
-"""Running `lmfuse experiment` grids in the tests: tiny overrides, a fast subprocess, the
-tables it writes, and the checkpoints it leaves (to tell whether a rerun trained anything)."""
+"""Running study scripts (experiments/<study>.py) in the tests: tiny overrides, a fast
+subprocess, the tables it writes, and the checkpoints it leaves (to tell whether a rerun trained
+anything)."""
 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import run_cli, tiny_s2s_overrides
+from conftest import REPO, run_cli, tiny_s2s_overrides
+
+# Tiny models spend most of their time compiling; LLVM's optimisation level changes only how
+# fast the compiled code runs, not what it computes.
+FAST = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
 
 def tiny_grid_overrides(corpus: dict[str, str], **extra) -> list[str]:
-    """tiny_s2s_overrides for every run of a grid; the experiment spaces checkpoints itself."""
+    """tiny_s2s_overrides for every run of a grid; the study spaces checkpoints itself."""
     overrides = tiny_s2s_overrides(corpus, **extra)
     return [o for o in overrides if not o.startswith("--config.train.checkpoint_every=")]
 
 
-def fast_cli(args: list[str]):
-    # Tiny models spend most of their time compiling; LLVM's optimisation level changes only
-    # how fast the compiled code runs, not what it computes.
-    return run_cli(args, env={"XLA_FLAGS": "--xla_backend_optimization_level=0"})
+def run_study(script: str, args: list[str], env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    """Runs `python experiments/<study>.py ...` from the repository root, as a user would."""
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True)
 
 
-def run_grid(args: list[str]) -> tuple[int, str]:
+def fast_study(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    return run_study(script, args, env=FAST)
+
+
+def fast_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return run_cli(args, env=FAST)
+
+
+def run_grid(script: str, args: list[str]) -> tuple[int, str]:
     """(exit status, stdout) of a grid run that finished (0: every cell ok, 1: some failed)."""
-    result = fast_cli(args)
+    result = fast_study(script, args)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, result.stdout
 

@@ -9,10 +9,8 @@ import math
 import os
 
 import pytest
-from conftest import run_cli
-from grid_runs import read_csv
-
-from lmfuse.experiments.fusion_cells import METHODS
+from fusion_ablation import METHODS
+from grid_runs import read_csv, run_study
 
 DECODE_TIME = ("shallow", "density_ratio", "ilme")
 
@@ -22,10 +20,10 @@ def test_cpu_budget_slice_scores_every_method_and_chooses_on_validation(tmp_path
     if "LMFUSE_DATA_DIR" not in os.environ:  # else the Bible is prepared into ~/.cache
         monkeypatch.setenv("LMFUSE_DATA_DIR", str(tmp_path / "data"))
     results = tmp_path / "results"
-    # run_cli, not the grid tests' fast_cli: an hour of training wants optimised code.
-    result = run_cli(["experiment", "experiments/fusion_ablation.py", "--budget", "cpu",
-                      "--set", "fractions=5", "--set", "backbones=transformer",
-                      "--workdir", str(tmp_path / "work"), "--results", str(results)])
+    # run_study, not the grid tests' fast_study: an hour of training wants optimised code.
+    result = run_study("experiments/fusion_ablation.py",
+                       ["--budget", "cpu", "--fractions", "5", "--backbones", "transformer",
+                        "--workdir", str(tmp_path / "work"), "--results", str(results)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = read_csv(results / "fusion_ablation.csv")
     assert set(rows) == set(METHODS)

@@ -1,7 +1,7 @@
-"""`lmfuse experiment experiments/fusion_ablation.py` end to end on real verse pairs, with tiny
-models: a 3-cell grid (none, shallow fusion, and a cold-fusion cell whose override cannot
-work) writes its tables and plots, a rerun skips the finished cells without training anything,
-and mistakes are one-line errors."""
+"""`python experiments/fusion_ablation.py` end to end on real verse pairs, with tiny models: a
+3-cell grid (none, shallow fusion, and a cold-fusion cell whose override cannot work) writes its
+tables and plots, a rerun skips the finished cells without training anything, and mistakes are
+one-line errors."""
 
 from __future__ import annotations
 
@@ -11,40 +11,49 @@ import math
 import shlex
 from pathlib import Path
 
+import fusion_ablation
 import pytest
 from conftest import REPO, run_cli
-from grid_runs import checkpoint_mtimes, fast_cli, read_csv, run_grid, tiny_grid_overrides
+from grid_runs import (
+    checkpoint_mtimes,
+    fast_cli,
+    fast_study,
+    read_csv,
+    run_grid,
+    run_study,
+    tiny_grid_overrides,
+)
+from lib import runner
+from lib.tables import fmt
 
-from lmfuse.cli import run
 from lmfuse.errors import LmfuseError
-from lmfuse.experiments.report_parts import fmt
-from lmfuse.experiments.settings import parse_settings
 
-EXPERIMENT = "experiments/fusion_ablation.py"
+SCRIPT = "experiments/fusion_ablation.py"
 LAMBDAS = (0.2, 0.5)
 STEPS = 20
+GRID_METHODS = ("none", "shallow", "cold")
 
 
-def grid_args(corpus: dict[str, str], root: Path) -> list[str]:
+def grid_args(corpus: dict[str, str], root: Path, methods: tuple[str, ...] = GRID_METHODS,
+              results: Path | None = None, eval_sentences: int = 12) -> list[str]:
     # cold_dim=0 only matters to cold fusion: that cell fails, the others must not notice.
-    # The experiment spaces its checkpoints itself (--set checkpoints=2: steps 10 and 20).
+    # The study spaces its checkpoints itself (--checkpoints 2: steps 10 and 20).
     overrides = tiny_grid_overrides(corpus, **{"train.steps": STEPS, "fusion.cold_dim": 0,
                                                "decode.beam_size": 2})
-    return ["experiment", EXPERIMENT, "--workdir", str(root / "work"), "--results",
-            str(root / "results"), "--set", "fractions=100", "--set", "backbones=transformer",
-            "--set", "methods=none,shallow,cold", "--set", "eval_sentences=12",
-            "--set", "lambdas=" + ",".join(map(str, LAMBDAS)), "--set", "checkpoints=2",
-            *overrides]
+    return ["--workdir", str(root / "work"), "--results", str(results or root / "results"),
+            "--fractions", "100", "--backbones", "transformer", "--methods", *methods,
+            "--eval_sentences", str(eval_sentences), "--lambdas", *map(str, LAMBDAS),
+            "--checkpoints", "2", *overrides]
 
 
 @pytest.fixture(scope="module")
 def grid(pair_corpus, tmp_path_factory):
     """The grid run twice in one workdir: (first run, rerun) outputs and the csv rows."""
     root = tmp_path_factory.mktemp("ablation")
-    first = run_grid(grid_args(pair_corpus, root))
+    first = run_grid(SCRIPT, grid_args(pair_corpus, root))
     rows = read_csv(root / "results" / "fusion_ablation.csv")
     mtimes = checkpoint_mtimes(root / "work")
-    second = run_grid(grid_args(pair_corpus, root))
+    second = run_grid(SCRIPT, grid_args(pair_corpus, root))
     return {"root": root, "first": first, "second": second, "rows": rows, "mtimes": mtimes,
             "rerun_rows": read_csv(root / "results" / "fusion_ablation.csv")}
 
@@ -111,7 +120,8 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(grid):
     md = (grid["root"] / "results" / "fusion_ablation.md").read_text(encoding="utf-8")
     assert "| cold | failed: " in md and "cold_dim" in md
     assert "cpu budget" in md and "BLEU signature: `nrefs:1" in md and "device: " in md
-    assert "first 12 verses" in md and "lmfuse experiment experiments/fusion_ablation.py" in md
+    assert "first 12 verses" in md
+    assert "Command: `python experiments/fusion_ablation.py --workdir" in md
     log = (grid["root"] / "work" / "cells" / "f100-transformer-cold.log").read_text()
     assert "Traceback" in log and "cold_dim" in log
 
@@ -166,24 +176,23 @@ def test_translate_names_the_kept_steps_for_a_missing_one(grid):
 
 
 def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
-    args = grid_args(pair_corpus, grid["root"])
-    args[args.index("eval_sentences=12")] = "eval_sentences=5"
+    args = grid_args(pair_corpus, grid["root"], eval_sentences=5)
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(REPO)  # the experiment names its configs relative to the repository
+        mp.chdir(REPO)  # the study names its configs relative to the repository
         with pytest.raises(LmfuseError, match="eval_sentences"):
-            run(args)
+            runner.run_command_line(fusion_ablation.build_parser(), fusion_ablation.make_study,
+                                    args)
 
 
 def test_report_only_tables_the_ledger_without_running_anything(grid, pair_corpus):
     """A grid run in parts is reported as one table: finished cells as they were scored,
     the others as not run yet, and nothing trained or decoded."""
-    args = grid_args(pair_corpus, grid["root"])
-    args[args.index("methods=none,shallow,cold")] = "methods=none,shallow,deep"
     results = grid["root"] / "report_only"
-    args[args.index(str(grid["root"] / "results"))] = str(results)
+    args = grid_args(pair_corpus, grid["root"], methods=("none", "shallow", "deep"),
+                     results=results)
     work = grid["root"] / "work"
     before = sorted(p.name for p in work.iterdir())
-    result = fast_cli([*args, "--report_only"])
+    result = fast_study(SCRIPT, [*args, "--report_only"])
     assert result.returncode == 0, result.stderr
     assert "reported 2/3 cells finished" in result.stdout
     rows = read_csv(results / "fusion_ablation.csv")
@@ -198,32 +207,36 @@ def test_report_only_tables_the_ledger_without_running_anything(grid, pair_corpu
 
 
 def test_report_only_on_an_empty_workdir_is_a_one_line_error(tmp_path):
-    result = run_cli(["experiment", EXPERIMENT, "--workdir", str(tmp_path / "w"),
-                      "--report_only"])
+    result = run_study(SCRIPT, ["--workdir", str(tmp_path / "w"), "--report_only"])
     assert result.returncode == 2
     assert "holds no results of this experiment" in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "w").exists()
 
 
-def test_an_unknown_setting_is_a_one_line_error_listing_the_valid_ones(tmp_path):
-    result = run_cli(["experiment", EXPERIMENT, "--workdir", str(tmp_path / "w"),
-                      "--set", "fractoins=5"])
+@pytest.mark.parametrize("args, message", [
+    (["--fractoins", "5"], "unrecognized arguments: --fractoins"),
+    (["--methods", "none", "shalow"], "argument --methods: invalid choice: 'shalow'"),
+    (["--fractions", "0"], "fraction 0 is not a percentage in (0, 100]"),
+    (["--checkpoints", "0"], "--checkpoints=0 must be at least 1"),
+])
+def test_a_setting_mistake_is_an_error_that_trains_nothing(tmp_path, args, message):
+    result = run_study(SCRIPT, ["--workdir", str(tmp_path / "w"), *args])
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert "unknown setting 'fractoins'" in result.stderr
-    assert "fractions" in result.stderr and "methods" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("fusion_ablation.py: error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "w").exists()
 
 
-def test_settings_take_their_defaults_types():
-    defaults = {"fractions": (1.0, 5.0), "methods": ("none",), "eval_sentences": 200}
-    parsed = parse_settings(defaults, {"fractions": "5, 20", "methods": "none,shallow",
-                                       "eval_sentences": "0"})
-    assert parsed == {"fractions": (5.0, 20.0), "methods": ("none", "shallow"),
-                      "eval_sentences": 0}
-    with pytest.raises(LmfuseError, match="expects int"):
-        parse_settings(defaults, {"eval_sentences": "many"})
+def test_settings_take_the_budgets_defaults_and_types():
+    args = fusion_ablation.build_parser().parse_args(
+        ["--fractions", "5", "20", "--methods", "none", "shallow", "--eval_sentences", "0"])
+    settings = runner.settings_from(args, fusion_ablation.defaults("cpu"))
+    assert settings["fractions"] == (5.0, 20.0) and settings["methods"] == ("none", "shallow")
+    assert settings["eval_sentences"] == 0
+    assert settings["checkpoints"] == fusion_ablation.SIZES["cpu"]["checkpoints"]
+    assert settings["backbones"] == ("transformer", "rnn")
 
 
 def _train_steps(run) -> int:
@@ -234,20 +247,12 @@ def test_the_cpu_budget_gives_both_backbones_the_same_training_tokens(monkeypatc
     """The tiny RNN trains 16 rows a step and the tiny Transformer 32, so the cpu budget runs
     the RNN's from-scratch and fine-tuned models for twice the steps; a user's train.steps
     still wins."""
-    import importlib.util
-
-    from lmfuse.experiments import fusion_cells
-    from lmfuse.experiments.runner import RunContext
-
     monkeypatch.chdir(REPO)
-    spec = importlib.util.spec_from_file_location("fusion_ablation_file", EXPERIMENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    plan = module.plan("cpu", module.defaults("cpu"))
+    plan = fusion_ablation.plan("cpu", fusion_ablation.defaults("cpu"))
 
     def rows_seen(overrides: tuple[str, ...], backbone: str, method: str) -> int:
-        ctx = RunContext(Path("unused"), "cpu", {}, overrides)
-        run = fusion_cells._s2s_run(ctx, plan, 5.0, backbone, method)
+        ctx = runner.RunContext(Path("unused"), "cpu", {}, overrides)
+        run = fusion_ablation.s2s_run(ctx, plan, 5.0, backbone, method)
         return _train_steps(run) * run.load().train.batch_size
 
     for method in ("none", "cold", "deep", "linear"):

@@ -30,12 +30,11 @@ from tiny_fusion import (
 )
 
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from lmfuse.decode import beam_search, greedy
+from lmfuse.decode import beam_search, greedy, seq2seq_decode_step
 from lmfuse.decode.fusion import log_probs
-from lmfuse.decode.step import seq2seq_decode_step
 from lmfuse.models.fusion import PRETRAINED_S2S
 from lmfuse.train import sharding
-from lmfuse.train.loop import build_trainer
+from lmfuse.train.trainer import build_trainer
 from lmfuse.train.workdir import params_digest
 
 # Linear fusion's weights: context gates on the RNN, per-vocabulary vectors on the Transformer.
@@ -90,8 +89,8 @@ def assert_fused_training_works(bases: Bases, backbone: str, method: str, train_
     before = {name: params_digest(state.params[name]) for name in frozen}
 
     batch = train_batch()
-    with sharding.activate(trainer.mesh):
-        global_batch = sharding.global_batch(batch, trainer.mesh)
+    with sharding.activate(trainer.mesh, trainer.rules):
+        global_batch = sharding.global_batch(batch, trainer.mesh, trainer.rules)
         step = trainer.train_step.lower(state, global_batch, key).compile(FAST)
         losses = []
         for _ in range(4):

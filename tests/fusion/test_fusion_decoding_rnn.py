@@ -18,8 +18,8 @@ from tiny_fusion import (
 )
 
 from lmfuse.data.tokenizer import BOS_ID
+from lmfuse.decode import lm_decode_step, seq2seq_decode_step
 from lmfuse.decode.fusion import fused_params, fusion_weights, log_probs, shallow_fusion
-from lmfuse.decode.step import lm_decode_step, seq2seq_decode_step
 
 
 @pytest.mark.parametrize("method", METHODS)

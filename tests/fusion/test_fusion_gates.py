@@ -1,4 +1,4 @@
-"""Trained-fusion gates per target position (`lmfuse.models.inspect.fusion_gates`): deep
+"""Trained-fusion gates per target position (`lmfuse.evaluate.inspect.fusion_gates`): deep
 fusion's scalar gate is sigmoid(v^T h_t + b) of the LM state, cold fusion's a per-feature gate;
 both lie in (0, 1) at real target positions and are 0 on padding. A fused model's
 cross-attention maps are its s2s base's."""
@@ -11,7 +11,7 @@ import pytest
 from tiny_fusion import T, example_inputs, fused_model, jit, random_params
 
 from lmfuse.errors import LmfuseError
-from lmfuse.models.inspect import cross_attention, fusion_gates
+from lmfuse.evaluate.inspect import cross_attention, fusion_gates
 
 
 def assert_gates_in_unit_interval(gates, real):

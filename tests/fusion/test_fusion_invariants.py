@@ -31,7 +31,7 @@ from tiny_fusion import (
 )
 
 from lmfuse.models.fusion import HEADS, FusedSeq2Seq, warm_start
-from lmfuse.train.loop import freeze
+from lmfuse.train.optim import freeze
 from lmfuse.train.workdir import params_digest
 
 ROWS = 3

@@ -26,8 +26,8 @@ from lmfuse.data.tokenizer import train_tokenizer
 from lmfuse.errors import LmfuseError
 from lmfuse.models.fusion import PRETRAINED_S2S, FusedSeq2Seq
 from lmfuse.train import checkpoint
-from lmfuse.train.loop import build_trainer, tokenizer_ref
-from lmfuse.train.workdir import load_trained, params_digest
+from lmfuse.train.trainer import build_trainer, tokenizer_ref
+from lmfuse.train.workdir import load_model, params_digest
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +59,19 @@ def fusion_error(method: str, **extra) -> str:
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("variant", [None, "tiny"])
 def test_fusion_configs_name_their_bases(method, variant):
-    config = load_config(f"configs/fusion_{method}.py" + (f":{variant}" if variant else ""))
+    config = load_config(f"configs/fusion.py:{method}" + (f",{variant}" if variant else ""))
     suffix = "_tiny" if variant else ""
     assert config.fusion.method == method and config.data.view == "translate"
     assert config.fusion.lm_workdir == f"workdirs/lm_transformer{suffix}"
     assert config.fusion.s2s_workdir == (f"workdirs/fusion_s2s{suffix}" if method in PRETRAINED_S2S
                                          else "")
     assert not config.fusion.lm_model  # filled in from the LM's workdir when training starts
-    rnn = load_config(f"configs/fusion_{method}.py:tiny", ["--config.model.name=s2s_rnn"])
+    rnn = load_config(f"configs/fusion.py:{method},tiny", ["--config.model.name=s2s_rnn"])
     assert rnn.model.name == "s2s_rnn"
 
 
 def test_a_missing_lm_workdir_fails_on_the_command_line_before_any_data(tmp_path):
-    result = run_cli(["train", "--config", "configs/fusion_cold.py:tiny",
+    result = run_cli(["train", "--config", "configs/fusion.py:cold,tiny",
                       f"--config.fusion.lm_workdir={tmp_path / 'nowhere'}",
                       f"--config.data.data_dir={tmp_path / 'data'}",
                       "--workdir", str(tmp_path / "fused")])
@@ -139,7 +139,7 @@ def test_a_fused_workdir_is_no_base(workdirs, tmp_path):
 
 def test_a_fused_workdir_rebuilds_without_its_lm_workdir(tmp_path):
     """What `lmfuse train` saves (the trainer's config, with fusion.lm_model filled in) is all
-    load_trained (eval, translate, inspect, resume) needs."""
+    load_model (eval, translate, inspect, resume) needs."""
     words = "and the lord said unto moses in the land of egypt be not afraid".split()
     rng = np.random.default_rng(0)
     lines = [" ".join(rng.choice(words, 8)) for _ in range(300)]
@@ -151,13 +151,14 @@ def test_a_fused_workdir_rebuilds_without_its_lm_workdir(tmp_path):
     saved = save_workdir(tmp_path / "fused", trainer.config, tok, seed=5)
     shutil.rmtree(tmp_path / "lm")
 
-    rebuilt, state, step = load_trained(tmp_path / "fused")
+    rebuilt, params, step = load_model(tmp_path / "fused")
     assert step == 1 and isinstance(rebuilt.model, FusedSeq2Seq)
     assert rebuilt.model == trainer.model
-    assert params_digest(state.params) == params_digest(saved)
-    assert jax.tree.structure(state) == jax.tree.structure(trainer.abstract_state)
+    assert params_digest(params) == params_digest(saved)
+    assert jax.tree.structure(params) == jax.tree.structure(trainer.abstract_params)
+    resumed = build_trainer(rebuilt.config, tok)  # what resuming builds from the stored config
     with pytest.raises(LmfuseError, match="no finished checkpoint"):
-        rebuilt.init_fn.load_bases()  # only a fresh start reads the bases
+        resumed.init_fn.load_bases()  # only a fresh start reads the bases
 
 
 def test_save_workdir_writes_what_fusion_reads(tmp_path):

@@ -23,7 +23,7 @@ from lmfuse.config import load_config
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lmfuse.models import build_model, model_defaults
 from lmfuse.train import checkpoint
-from lmfuse.train.loop import build_trainer, tokenizer_ref
+from lmfuse.train.trainer import build_trainer, tokenizer_ref
 
 # Tiny models: compile time dominates, and LLVM's optimisation level only changes speed (the
 # XLA program is the same), so the tests compile at level 0.
@@ -60,12 +60,12 @@ def lm_config(kind: str = "transformer") -> ml_collections.ConfigDict:
 
 def fused_config(method: str, backbone: str = "s2s_transformer", **extra
                  ) -> ml_collections.ConfigDict:
-    """configs/fusion_<method>.py:tiny at test size; `extra` overrides (e.g. fusion.*)."""
+    """configs/fusion.py:<method>,tiny at test size; `extra` overrides (e.g. fusion.*)."""
     values = {"model.name": backbone, **{f"model.{k}": v for k, v in S2S.items()},
               "model.attention": "luong", "data.max_length": 16, "fusion.cold_dim": 8,
               "train.batch_size": 4, "train.label_smoothing": 0.0,
               "optimizer.schedule": "constant", "optimizer.learning_rate": 0.01, **extra}
-    return load_config(f"configs/fusion_{method}.py:tiny", overrides(values))
+    return load_config(f"configs/fusion.py:{method},tiny", overrides(values))
 
 
 def save_workdir(workdir: Path, config: ml_collections.ConfigDict, tok=None, seed: int = 0):
@@ -144,7 +144,7 @@ PREFIX = (1, 3, 2)  # decoding tests: prompt length of each row (BOS, then teach
 def assert_cached_decoding_matches_teacher_forcing(backbone: str, method: str) -> None:
     """The fused DecodeStep prefills prompts of different lengths (left-padded inside), then
     steps token by token; every position's logits equal the full-sequence forward pass's."""
-    from lmfuse.decode.step import DecodeStep, seq2seq_decode_step
+    from lmfuse.decode import DecodeStep, seq2seq_decode_step
 
     model = fused_model(method, backbone, weights_kind="context")
     params = random_params(model, seed=7)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests" / "fusion"))
 import tiny_fusion  # noqa: E402
 
 from lmfuse.config import load_config  # noqa: E402
-from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
+from lmfuse.data.tokenizer import BOS_ID, PAD_ID  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("golden.json")
 VOCAB = 41
@@ -129,8 +129,8 @@ def train_values(config, build_trainer) -> dict:
     state = trainer.init_fn(jax.random.key(config.seed))
     init_digest = digest(state.params)
     losses = []
-    with sharding.activate(trainer.mesh):
-        global_batch = sharding.global_batch(batch, trainer.mesh)
+    with sharding.activate(trainer.mesh, trainer.rules):
+        global_batch = sharding.global_batch(batch, trainer.mesh, trainer.rules)
         for _ in range(STEPS):
             state, metrics = trainer.train_step(state, global_batch, jax.random.key(config.seed + 1))
             losses.append(float(metrics["loss"]))

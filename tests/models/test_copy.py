@@ -18,7 +18,7 @@ from lmfuse.errors import LmfuseError
 from lmfuse.models import build_model, model_defaults
 from lmfuse.models.copy import CopyHead, mix_copy
 from lmfuse.models.layers import shift_right
-from lmfuse.train.loop import check_fusion_config
+from lmfuse.train.fusion_init import check_fusion_config
 from lmfuse.train.objectives import Objective
 from lmfuse.train.step import LossOptions, TrainState, make_train_step
 

@@ -14,11 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from lmfuse.decode import beam_search, gather_beams, greedy, tile_beams
-from lmfuse.decode.step import seq2seq_decode_step
+from lmfuse.decode import beam_search, gather_beams, greedy, seq2seq_decode_step, tile_beams
 from lmfuse.models import build_model, model_defaults
 from lmfuse.models.layers import shift_right
-from lmfuse.models.seq2seq_rnn import Seq2SeqRNN, decode_init, decode_step
+from lmfuse.models.seq2seq_rnn import Seq2SeqRNN
 
 # Tiny models: compile time dominates, and LLVM's optimisation level only changes speed (the
 # XLA program is the same), so tests compile at level 0, about twice as fast.
@@ -77,8 +76,9 @@ def _random_params(cell, attention, copy_source=False):
 @functools.cache
 def decode_fns(model, zero_context=False):
     """Jitted (init(params, batch), step(params, state, tokens)), shared by the tests."""
-    init = jit(lambda p, b: decode_init(model, p, b, T, zero_context=zero_context))
-    step = jit(lambda p, s, tok: decode_step(model, p, s, tok, zero_context=zero_context))
+    decoder = seq2seq_decode_step(model, zero_context)
+    init = jit(lambda p, b: decoder.init(p, b, T))
+    step = jit(decoder.step)
     return init, step
 
 
@@ -450,9 +450,10 @@ def test_bf16_compute_traces_with_fp32_params_logits_and_carry(attention):
     batch = canonical_batch()
     logits = jax.eval_shape(functools.partial(model.apply, {"params": params}, **batch))
     assert logits.shape == (6, T, VOCAB) and logits.dtype == jnp.float32
-    first, state = jax.eval_shape(lambda p: decode_init(model, p, prompted(batch), T), params)
+    decoder = seq2seq_decode_step(model)
+    first, state = jax.eval_shape(lambda p: decoder.init(p, prompted(batch), T), params)
     step_logits, new_state = jax.eval_shape(
-        lambda p, s: decode_step(model, p, s, jnp.ones((3,), jnp.int32)), params, state
+        lambda p, s: decoder.step(p, s, jnp.ones((3,), jnp.int32)), params, state
     )
     assert first.dtype == step_logits.dtype == jnp.float32
     assert state["carry"]["c"].dtype == jnp.float32 and state["memory"].dtype == jnp.bfloat16

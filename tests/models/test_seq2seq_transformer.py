@@ -11,10 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from lmfuse.decode import DecodeStep, beam_search, greedy
+from lmfuse.decode import beam_search, greedy, seq2seq_decode_step
 from lmfuse.models import build_model, model_defaults, stack_layers
 from lmfuse.models.layers import shift_right
-from lmfuse.models.seq2seq_transformer import decode_init, decode_step
 
 # Tiny models: compile time dominates, and LLVM's optimisation level only changes speed (the
 # XLA program is the same), so tests compile at level 0, about twice as fast.
@@ -105,7 +104,7 @@ def _setup(cfg_items):
 
 
 def decode_along(s: Setup, params, src, forced, prompt=None, zero_context=False):
-    """Logits [B, 1 + N, V] of decode_init (prompt: [[BOS]] by default) and then decode_step
+    """Logits [B, 1 + N, V] of the DecodeStep's init (prompt: [[BOS]] by default) and then step
     on each of the forced tokens [B, N] in turn."""
     if prompt is None:
         prompt = jnp.full((B, 1), BOS_ID, jnp.int32)
@@ -115,10 +114,11 @@ def decode_along(s: Setup, params, src, forced, prompt=None, zero_context=False)
 @functools.partial(jit, static_argnums=(0, 5))
 def _decode_along(model, params, src, prompt, forced, zero_context):
     batch, max_len = {"inputs": src, "prompt": prompt}, prompt.shape[1] + forced.shape[1]
-    first, state = decode_init(model, params, batch, max_len, zero_context)
+    decoder = seq2seq_decode_step(model, zero_context)
+    first, state = decoder.init(params, batch, max_len)
 
     def step(state, tokens):
-        logits, state = decode_step(model, params, state, tokens, zero_context)
+        logits, state = decoder.step(params, state, tokens)
         return state, logits
 
     _, rest = jax.lax.scan(step, state, forced.T)
@@ -414,9 +414,7 @@ def rescored(s, src, src_segs, tokens):
 def test_greedy_and_beam_search_through_the_decode_step(copy_source):
     s = setup(copy_source=copy_source)
     src, src_segs = sources()
-    decoder = DecodeStep(
-        functools.partial(decode_init, s.model), functools.partial(decode_step, s.model)
-    )
+    decoder = seq2seq_decode_step(s.model)
     batch = {"inputs": src, "prompt": jnp.full((B, 1), BOS_ID, jnp.int32)}
     best = greedy(decoder, s.params, batch, max_new_tokens=T)
     tokens = np.asarray(best.tokens[:, 0])

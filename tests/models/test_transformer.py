@@ -113,7 +113,9 @@ def test_prefill_then_steps_match_full_forward(overrides):
     x = tokens()
     full = apply({"params": params}, x)
     cache = model.init_cache(batch_size=2, max_len=16)
-    assert cache["k"].shape == (2, 2, 4, 16, 8)  # [layers, batch, heads, max_len, head_dim]
+    layers = cache["layers"]  # per layer [batch, heads, max_len, head_dim]; scanned [B, L, ...]
+    k = layers["k"] if isinstance(layers, dict) else layers[0]["k"]
+    assert k.shape == ((2, 2, 4, 16, 8) if isinstance(layers, dict) else (2, 4, 16, 8))
     prefill = 5
     logits, cache = apply({"params": params}, x[:, :prefill], cache=cache, cache_index=0)
     outs = [logits]
@@ -210,7 +212,7 @@ def test_bf16_compute_keeps_fp32_params_and_logits():
     _, _, ref = model_and_params(dtype="float32", positions="rope")
     # Same weights in fp32 compute: bf16 is close but not bit-equal.
     np.testing.assert_allclose(logits, ref({"params": params}, tokens()), atol=0.1)
-    assert model.init_cache(1, 8)["k"].dtype == jnp.bfloat16
+    assert model.init_cache(1, 8)["layers"][0]["k"].dtype == jnp.bfloat16
 
 
 def test_dropout_uses_the_dropout_rng_only_when_training():

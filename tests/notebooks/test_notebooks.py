@@ -28,8 +28,8 @@ from lmfuse.config import load_config
 from lmfuse.data import corpora
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
 from lmfuse.train import checkpoint
-from lmfuse.train.loop import build_trainer, tokenizer_ref
-from lmfuse.train.workdir import load_trained
+from lmfuse.train.trainer import build_trainer, tokenizer_ref
+from lmfuse.train.workdir import load_model
 
 NOTEBOOKS = REPO / "notebooks"
 NAMES = ("01_inspect_lm", "02_attention", "03_fusion")
@@ -79,15 +79,15 @@ def workdirs(pair_corpus, tmp_path_factory) -> dict:
     lm_config = load_config("configs/lm_transformer.py:tiny",
                             tiny_lm_overrides(lm_files, **lengths))
     s2s = tiny_s2s_overrides(pair_corpus)
-    s2s_config = load_config("configs/fusion_deep.py:tiny", [*s2s, "--config.fusion.method="])
+    s2s_config = load_config("configs/fusion.py:deep,tiny", [*s2s, "--config.fusion.method="])
     assert corpora.prepare(lm_config).sha256 == corpora.prepare(s2s_config).sha256
     lm_params = write_workdir(paths["lm"], lm_config, seed=1)
     write_workdir(paths["s2s"], s2s_config, seed=2)
     write_workdir(paths["rnn"], load_config("configs/s2s_rnn.py:tiny", s2s), seed=3)
-    fused_config = load_config("configs/fusion_deep.py:tiny", [
+    fused_config = load_config("configs/fusion.py:deep,tiny", [
         *s2s, f"--config.fusion.lm_workdir={paths['lm']}",
         f"--config.fusion.s2s_workdir={paths['s2s']}"])
-    bases = {name: load_trained(paths[name])[1].params for name in ("lm", "s2s")}
+    bases = {name: load_model(paths[name])[1] for name in ("lm", "s2s")}
     write_workdir(paths["fused"], fused_config, seed=4, base_params=bases)
     return {**paths, "lm_params": lm_params}
 

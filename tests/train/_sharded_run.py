@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
     from lmfuse.data import corpora
     from lmfuse.data.pipeline import PipelineOptions, make_dataset
     from lmfuse.train import sharding
-    from lmfuse.train.loop import build_trainer
+    from lmfuse.train.trainer import build_trainer
 
     timings = {"imports": time.perf_counter() - started}
     config = load_config(args.config, overrides)
@@ -126,14 +126,14 @@ def main(argv: list[str]) -> None:
     timings["init"] = time.perf_counter() - started
     dropout_key = jax.random.key(config.seed + 1)
     all_metrics, first_inputs, same_rows = [], None, []
-    with sharding.activate(trainer.mesh):
+    with sharding.activate(trainer.mesh, trainer.rules):
         for _ in range(args.steps):
             local = next_batch()
             if first_inputs is None:
                 first_inputs = local["inputs"]
             if args.compare_plain:
                 same_rows.append(_row_multiset(local) == _row_multiset(next(plain)))
-            state, metrics = trainer.train_step(state, sharding.global_batch(local, trainer.mesh),
+            state, metrics = trainer.train_step(state, sharding.global_batch(local, trainer.mesh, trainer.rules),
                                                 dropout_key)
             all_metrics.append(metrics)
             if len(all_metrics) == 1:
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> None:
         "local_device_count": jax.local_device_count(),
         "cpu_collectives": jax.config.jax_cpu_collectives_implementation,
         "mesh": dict(trainer.mesh.shape),
-        "batch_spec": list(sharding.batch_sharding(trainer.mesh).spec),
+        "batch_spec": list(sharding.batch_sharding(trainer.mesh, trainer.rules).spec),
         "first_local_inputs": np.asarray(first_inputs).tolist(),
         "same_rows_as_plain": same_rows,
         "timings": timings,

@@ -6,7 +6,7 @@ import math
 from collections import Counter
 
 import pytest
-from conftest import tiny_lm_overrides
+from conftest import tiny_lm_overrides, tiny_lm_spec
 
 from lmfuse.config import load_config
 from lmfuse.data import corpora
@@ -41,7 +41,7 @@ def test_tiny_lm_beats_unigram_on_bible_text(model, text_corpus, tmp_path):
         "train.checkpoint_every": 300, "train.log_every": 50,
         "optimizer.learning_rate": 3e-3 if model == "transformer" else 1e-2,
     })
-    config = load_config(f"configs/lm_{model}.py:tiny", overrides)
+    config = load_config(tiny_lm_spec(model), overrides)
     summary = train(config, tmp_path / model, progress=False)
     baseline = unigram_perplexity(config)
     validation = summary["validation"]["perplexity"]

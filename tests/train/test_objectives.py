@@ -14,8 +14,8 @@ from conftest import run_cli, tiny_lm_overrides
 from lmfuse.config import load_config
 from lmfuse.errors import LmfuseError
 from lmfuse.train import sharding
-from lmfuse.train.loop import build_trainer
 from lmfuse.train.objectives import objective_for
+from lmfuse.train.trainer import build_trainer
 
 
 def _losses(workdir) -> list[float]:
@@ -92,8 +92,8 @@ def _batch():
 
 def _one_step(trainer):
     state = trainer.init_fn(jax.random.key(0))
-    with sharding.activate(trainer.mesh):
-        state, metrics = trainer.train_step(state, sharding.global_batch(_batch(), trainer.mesh),
+    with sharding.activate(trainer.mesh, trainer.rules):
+        state, metrics = trainer.train_step(state, sharding.global_batch(_batch(), trainer.mesh, trainer.rules),
                                             jax.random.key(1))
     return state, float(metrics["loss"])
 

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from lmfuse.defaults import optimizer_config
 from lmfuse.errors import LmfuseError
+from lmfuse.schema import optimizer_config
 from lmfuse.train.optim import OPTIMIZERS, SCHEDULES, build_optimizer, decay_mask
 from lmfuse.train.step import LossOptions, token_losses
 

@@ -7,10 +7,11 @@ import types
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_lm_spec
 
 from lmfuse.config import load_config
 from lmfuse.train import sharding
-from lmfuse.train.loop import build_trainer
+from lmfuse.train.trainer import build_trainer
 
 VOCAB = 97
 
@@ -20,7 +21,7 @@ def tiny_trainer(model: str, **extra):
                  "model.num_heads": 2, "model.mlp_dim": 64, "model.dropout": 0.0,
                  "data.seq_len": 16, "data.max_length": 16, "model.max_len": 16,
                  "train.batch_size": 8, **extra}
-    config = load_config(f"configs/lm_{model}.py:tiny",
+    config = load_config(tiny_lm_spec(model),
                          [f"--config.{k}={v}" for k, v in overrides.items()])
     # build_trainer needs only the vocabulary size from the tokenizer.
     return build_trainer(config, types.SimpleNamespace(vocab_size=VOCAB))
@@ -41,10 +42,10 @@ def random_batch(seed: int, rows: int = 8, length: int = 16, pad_from: int = 12)
 def run_steps(trainer, batches):
     state = trainer.init_fn(jax.random.key(0))
     losses = []
-    with sharding.activate(trainer.mesh):
+    with sharding.activate(trainer.mesh, trainer.rules):
         for batch in batches:
             state, metrics = trainer.train_step(
-                state, sharding.global_batch(batch, trainer.mesh), jax.random.key(1))
+                state, sharding.global_batch(batch, trainer.mesh, trainer.rules), jax.random.key(1))
             losses.append(float(metrics["loss"]))
     return state, losses
 
@@ -73,7 +74,7 @@ def test_padding_tokens_do_not_change_the_loss():
 def test_train_step_donates_the_state():
     trainer = tiny_trainer("transformer")
     state = trainer.init_fn(jax.random.key(0))
-    with sharding.activate(trainer.mesh):
-        trainer.train_step(state, sharding.global_batch(random_batch(0), trainer.mesh),
+    with sharding.activate(trainer.mesh, trainer.rules):
+        trainer.train_step(state, sharding.global_batch(random_batch(0), trainer.mesh, trainer.rules),
                            jax.random.key(1))
     assert jax.tree.leaves(state.params)[0].is_deleted()

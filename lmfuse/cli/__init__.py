@@ -1,0 +1,81 @@
+"""The `lmfuse` command line, one module per subcommand.
+
+    lmfuse data prepare --config C [--data_dir D] [--config.key=value ...]
+    lmfuse data show    --config C [--n 3]        [--config.key=value ...]
+    lmfuse train   --config C --workdir W [--config.key=value ...]   (resumes if W has a checkpoint)
+    lmfuse eval    --workdir W [--split validation|test]
+    lmfuse inspect --workdir W
+    lmfuse sample  --workdir W --prompt "..." [--max_len N --temperature T --top_k K --beam K ...]
+    lmfuse translate --workdir W [--input F | --split test] [--output F] [--beam K]
+
+Studies are scripts: `python experiments/<study>.py --help`.
+
+A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2.
+Each subcommand module has `add_parser(subcommands)`, which names its handler: `run(args,
+overrides)` for the commands that read a config file, `run(args)` for those that read the
+config stored in a workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lmfuse.cli import data, inspect, sample, train, translate
+from lmfuse.cli import eval as eval_command
+from lmfuse.config import split_override_args
+from lmfuse.errors import LmfuseError
+
+SUBCOMMANDS = (data, train, eval_command, inspect, sample, translate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmfuse",
+        description="Train LMs and seq2seq models in JAX/Flax, and fuse them.",
+        epilog="Any config key can be overridden with --config.key=value.",
+    )
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(subcommands)
+    return parser
+
+
+def run(argv: Sequence[str]) -> int:
+    overrides, rest = split_override_args(argv)
+    args = build_parser().parse_args(rest)
+    if args.reads_config_file:
+        args.handler(args, overrides)
+    else:
+        if overrides:
+            raise LmfuseError(
+                f"{args.command} reads the config stored in the workdir; drop {overrides[0]}"
+            )
+        args.handler(args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    quiet_library_logs()
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except LmfuseError as e:
+        print(f"lmfuse: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmfuse: interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_library_logs() -> None:
+    """Orbax and TFDS log routine notices as absl WARNINGs; keep the terminal for lmfuse."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+__all__ = ["build_parser", "main", "quiet_library_logs", "run"]

@@ -1,0 +1,65 @@
+"""`lmfuse eval`: perplexity of a trained workdir on a split; for an encoder-decoder on a
+translate view, also the split beam-searched and scored (BLEU, chrF, ROUGE-L, PINC, and the
+copy-the-source baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subcommands.add_parser(
+        "eval", help="perplexity of a trained workdir (seq2seq: also BLEU, chrF, ROUGE-L, PINC)"
+    )
+    p.set_defaults(handler=run, reads_config_file=False)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", default="validation", choices=("validation", "test"))
+    p.add_argument("--beam", type=int, default=0, help="seq2seq: beam size (0: config)")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Prints the results and writes them to <workdir>/eval_<split>.json."""
+    from lmfuse.models.registry import SEQ2SEQ_NAMES
+    from lmfuse.train.evaluation import evaluate
+    from lmfuse.train.workdir import load_model
+
+    model, params, step = load_model(args.workdir)
+    result = evaluate(model, params, args.split)
+    result["step"] = step
+    line = f"{args.split} at step {step}: perplexity {result['perplexity']:.3f} per token"
+    if "perplexity_per_word" in result:
+        line += (f", {result['perplexity_per_word']:.3f} per word, "
+                 f"{result['perplexity_per_char']:.4f} per character")
+    kind = "masked-token" if model.objective.name == "mlm" else "next-token"
+    print(f"{line}; {kind} accuracy {100 * result['accuracy']:.2f}% over "
+          f"{int(result['tokens'])} tokens")
+    if model.config.model.name in SEQ2SEQ_NAMES and model.config.data.view == "translate":
+        result.update(_translation_scores(model, params, args))
+    out = Path(args.workdir) / f"eval_{args.split}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"(written to {out})")
+    return result
+
+
+def _translation_scores(model, params, args: argparse.Namespace) -> dict[str, Any]:
+    """Beam-search the split and score it, with the copy-the-source baseline."""
+    from flax import linen as nn
+
+    from lmfuse.decode import seq2seq_decode_step
+    from lmfuse.evaluate.metrics import format_report
+    from lmfuse.evaluate.translation import TranslateOptions, split_pairs, translate_and_score
+
+    sources, references = split_pairs(model.config, args.split)
+    options = TranslateOptions.from_config(model.config, beam_size=args.beam,
+                                           progress=sys.stderr.isatty())
+    out, scores = translate_and_score(seq2seq_decode_step(model.model), nn.meta.unbox(params),
+                                      model.tokenizer, sources, references, options)
+    hypotheses_file = Path(args.workdir) / f"eval_{args.split}_hypotheses.txt"
+    hypotheses_file.write_text("".join(h + "\n" for h in out.hypotheses), encoding="utf-8")
+    print(format_report(scores, f"{args.workdir} {args.split} (beam {options.beam_size})"))
+    return scores

@@ -1,0 +1,158 @@
+"""Translating many lines with an encoder-decoder (or any fused seq2seq DecodeStep), and
+scoring them: the one path `lmfuse eval`, `lmfuse translate`, the demo and the studies share.
+
+    options = TranslateOptions.from_config(config, beam_size=4)   # 0 / None: the config's
+    sources, references = split_pairs(config, 'test')
+    out, scores = translate_and_score(decoder, params, tokenizer, sources, references, options)
+    out = translate_lines(decoder, params, tokenizer, lines, options)    # no references
+
+Lines are encoded with the model's tokenizer, cut to the model's source length (and counted),
+and decoded by beam search in fixed-shape batches, so one compiled program serves every batch.
+Empty lines give empty outputs without decoding, and output line i always belongs to input
+line i. Characters outside the vocabulary reach the model as bytes (the tokenizer's byte
+fallback), so no input can fail to encode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from lmfuse.data.tokenizer import Tokenizer
+from lmfuse.decode import DecodeStep, beam_search
+from lmfuse.errors import LmfuseError
+from lmfuse.evaluate.metrics import score_translations
+from lmfuse.tokens import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslateOptions:
+    beam_size: int = 4
+    alpha: float = 0.6
+    max_source_tokens: int = 128  # source length the model was trained with, counting EOS
+    max_new_tokens: int = 128
+    batch_size: int = 64
+    progress: bool = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ml_collections.ConfigDict,
+        *,
+        beam_size: int = 0,
+        alpha: float | None = None,
+        max_new_tokens: int = 0,
+        batch_size: int = 0,
+        progress: bool = False,
+    ) -> TranslateOptions:
+        """A workdir config's decoding settings; a given value (non-zero, not None) wins."""
+        decode = config.decode
+        return cls(
+            beam_size=beam_size or decode.beam_size,
+            alpha=decode.alpha if alpha is None else alpha,
+            max_source_tokens=config.data.max_length,
+            max_new_tokens=max_new_tokens or decode.max_new_tokens or config.data.max_length,
+            batch_size=batch_size or decode.batch_size,
+            progress=progress,
+        )
+
+
+@dataclasses.dataclass
+class Translations:
+    hypotheses: list[str]
+    truncated: int  # lines whose source was cut to max_source_tokens
+    empty: int  # empty input lines (empty output)
+
+
+def split_pairs(config: ml_collections.ConfigDict, split: str) -> tuple[list[str], list[str]]:
+    """(sources, references) of a translate-view split, in dataset order."""
+    from lmfuse.data import corpora
+
+    if config.data.view != "translate":
+        raise LmfuseError(f"--split needs a translate-view workdir, this one has {config.data.view!r}")
+    sources, references = [], []
+    for example in corpora.load_examples(config, split).dataset:
+        if example is not None:
+            sources.append(example["source"])
+            references.append(example["target"])
+    return sources, references
+
+
+def translate_and_score(
+    decoder: DecodeStep,
+    params: Any,
+    tokenizer: Tokenizer,
+    sources: Sequence[str],
+    references: Sequence[str],
+    options: TranslateOptions,
+) -> tuple[Translations, dict[str, Any]]:
+    """Beam-searches every source and scores the best hypotheses against the references:
+    `score_translations` (BLEU, chrF, ROUGE-L, PINC, the copy-the-source baseline and the
+    signatures) with the beam size and length penalty that made them."""
+    out = translate_lines(decoder, params, tokenizer, sources, options)
+    scores = score_translations(out.hypotheses, references, sources)
+    scores.update(beam_size=options.beam_size, alpha=options.alpha)
+    return out, scores
+
+
+def encode_sources(
+    tokenizer: Tokenizer, lines: Sequence[str], max_tokens: int
+) -> tuple[list[list[int] | None], int]:
+    """Source ids + EOS per line (None for an empty line) and how many were truncated."""
+    sources: list[list[int] | None] = []
+    truncated = 0
+    for ids, line in zip(tokenizer.encode_batch(lines), lines, strict=True):
+        if not line.strip():
+            sources.append(None)
+            continue
+        if len(ids) > max_tokens - 1:
+            ids, truncated = ids[: max_tokens - 1], truncated + 1
+        sources.append([*ids, EOS_ID])
+    return sources, truncated
+
+
+def translate_lines(
+    decoder: DecodeStep,
+    params: Any,
+    tokenizer: Tokenizer,
+    lines: Sequence[str],
+    options: TranslateOptions,
+    processors: Sequence = (),
+) -> Translations:
+    """Best beam-search hypothesis for every line, in order."""
+    sources, truncated = encode_sources(tokenizer, lines, options.max_source_tokens)
+    todo = [i for i, ids in enumerate(sources) if ids is not None]
+    hypotheses = [""] * len(lines)
+    rows = options.batch_size
+    starts = range(0, len(todo), rows)
+    for start in tqdm(starts, desc="translate", unit="batch", disable=not options.progress):
+        chunk = todo[start : start + rows]
+        # Every batch has the same shape (padded rows and columns): one compiled program.
+        inputs = np.full((rows, options.max_source_tokens), PAD_ID, np.int32)
+        for row, index in enumerate(chunk):
+            inputs[row, : len(sources[index])] = sources[index]
+        batch = {
+            "inputs": jnp.asarray(inputs),
+            "prompt": jnp.full((rows, 1), BOS_ID, jnp.int32),
+        }
+        out = beam_search(
+            decoder, params, batch, beam_size=options.beam_size,
+            max_new_tokens=options.max_new_tokens, alpha=options.alpha, processors=processors,
+        )
+        best = np.asarray(out.tokens[:, 0])
+        for row, index in enumerate(chunk):
+            # A generated newline (byte fallback can produce one) would break the line mapping.
+            text = tokenizer.decode(_until_eos(best[row]))
+            hypotheses[index] = " ".join(text.splitlines())
+    return Translations(hypotheses, truncated, len(lines) - len(todo))
+
+
+def _until_eos(ids: np.ndarray) -> list[int]:
+    ids = ids.tolist()
+    return ids[: ids.index(EOS_ID)] if EOS_ID in ids else [i for i in ids if i != PAD_ID]
