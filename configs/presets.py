@@ -42,6 +42,23 @@ def tiny_variant(variant: str | None) -> bool:
     return split_variant(variant)[1]
 
 
+def _experiment(tiny: bool, model: dict, tiny_model: dict, learning_rate: float,
+                tiny_learning_rate: float, length: int, warmup_steps: int,
+                train: dict) -> ml_collections.ConfigDict:
+    """What LM and seq2seq experiments share: the model (tiny fields on top), one length for
+    rows, examples and positions, the rate and its warmup, the train schedule."""
+    config = base_config()
+    config.data.seq_len = config.data.max_length = length
+    config.model.update(model)
+    if tiny:
+        config.model.update(tiny_model)
+    config.model.max_len = length
+    config.optimizer.learning_rate = tiny_learning_rate if tiny else learning_rate
+    config.optimizer.warmup_steps = warmup_steps
+    config.train.update(train)
+    return config
+
+
 def lm_config(
     tiny: bool,
     model: dict,
@@ -52,31 +69,13 @@ def lm_config(
     """An LM experiment on the Bible LM view (ASV train books): the settings every LM config
     shares, with the model-specific fields and rates passed in. `tiny` runs in about a minute
     on a CPU."""
-    config = base_config()
+    train = (dict(steps=300, batch_size=16, log_every=25, eval_every=300, eval_batches=0,
+                  checkpoint_every=100) if tiny else
+             dict(steps=20_000, batch_size=64, eval_every=1000, checkpoint_every=1000))
+    config = _experiment(tiny, model, tiny_model, learning_rate, tiny_learning_rate,
+                         64 if tiny else 128, 20 if tiny else 200, train)
     config.data.view = "lm"
     config.data.versions = "asv"
-    config.data.seq_len = config.data.max_length = 64 if tiny else 128
-    config.model.update(model)
-    if tiny:
-        config.model.update(tiny_model)
-    config.model.max_len = config.data.seq_len
-    config.optimizer.learning_rate = tiny_learning_rate if tiny else learning_rate
-    config.optimizer.warmup_steps = 20 if tiny else 200
-    if tiny:
-        config.train.update(
-            dict(
-                steps=300,
-                batch_size=16,
-                log_every=25,
-                eval_every=300,
-                eval_batches=0,
-                checkpoint_every=100,
-            )
-        )
-    else:
-        config.train.update(
-            dict(steps=20_000, batch_size=64, eval_every=1000, checkpoint_every=1000)
-        )
     return config
 
 
@@ -95,32 +94,18 @@ def s2s_config(
     Change the pair with --config.data.source / --config.data.target (e.g. kjv, public,
     rv1909 for Spanish). `tiny_train` overrides the tiny variant's train settings (and
     `warmup_steps`) for a model that learns better with other batch/step counts."""
-    config = base_config()
+    train = (dict(steps=400, batch_size=32, log_every=50, eval_every=400, checkpoint_every=200)
+             if tiny else
+             dict(steps=40_000, batch_size=64, eval_every=2000, checkpoint_every=2000))
+    overrides = dict(tiny_train or {}) if tiny else {}
+    warmup_steps = overrides.pop("warmup_steps", 50 if tiny else 1000)
+    config = _experiment(tiny, model, tiny_model, learning_rate, tiny_learning_rate,
+                         96 if tiny else 128, warmup_steps, {**train, **overrides})
     config.decode = decode_config()
     config.data.view = "translate"
     config.data.source = source
     config.data.target = target
-    config.data.max_length = 96 if tiny else 128
-    config.data.seq_len = config.data.max_length
-    config.model.update(model)
-    if tiny:
-        config.model.update(tiny_model)
-    config.model.max_len = config.data.max_length
-    config.optimizer.learning_rate = tiny_learning_rate if tiny else learning_rate
-    config.optimizer.warmup_steps = 50 if tiny else 1000
     config.train.label_smoothing = 0.1
-    if tiny:
-        config.train.update(
-            dict(steps=400, batch_size=32, log_every=50, eval_every=400, checkpoint_every=200)
-        )
-        train = dict(tiny_train or {})
-        config.optimizer.warmup_steps = train.pop("warmup_steps", config.optimizer.warmup_steps)
-        config.train.update(train)
-        config.decode.beam_size = 4
-    else:
-        config.train.update(
-            dict(steps=40_000, batch_size=64, eval_every=2000, checkpoint_every=2000)
-        )
     return config
 
 

@@ -77,7 +77,7 @@ class PipelineOptions:
             num_epochs=None if train else 1,
             drop_remainder=train,
             augment=data.augment if train and augment.is_enabled(data.augment) else None,
-            noising=data.get("noising", ""),  # .get: configs stored before the key existed
+            noising=data.noising,
         )
         options.update(overrides)
         return cls(**options)

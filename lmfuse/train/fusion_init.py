@@ -26,14 +26,13 @@ from lmfuse.train.step import TrainState
 
 
 def fusion_method(config: ml_collections.ConfigDict) -> str:
-    """config.fusion.method, or '' (no fusion; also for configs from before the group)."""
-    fusion = config.get("fusion")
-    return fusion.get("method", "") if fusion is not None else ""
+    """config.fusion.method: '' means no fusion."""
+    return config.fusion.method
 
 
 def _resolved(fusion: ml_collections.ConfigDict) -> bool:
     """Whether fusion.lm_model is filled in: a fused workdir's stored config rebuilds from it."""
-    return bool(fusion.get("lm_model"))
+    return bool(fusion.lm_model)
 
 
 def _base_workdirs(fusion: ml_collections.ConfigDict) -> list[tuple[str, str]]:
@@ -47,7 +46,7 @@ def _base_workdirs(fusion: ml_collections.ConfigDict) -> list[tuple[str, str]]:
 def check_fusion_config(config: ml_collections.ConfigDict) -> None:
     """Fusion settings that cannot work fail here, before any data or model is loaded."""
     fusion = config.fusion
-    check_fusion(fusion, config.model.name, config.model.get("copy_source", False))
+    check_fusion(fusion, config.model.name, config.model.copy_source)
     if _resolved(fusion):
         return
     if fusion.method not in PRETRAINED_S2S and fusion.s2s_workdir:
@@ -60,7 +59,7 @@ def check_fusion_config(config: ml_collections.ConfigDict) -> None:
             what = "a trained LM" if base == "lm" else "the trained encoder-decoder it starts from"
             raise LmfuseError(f"fusion.method={fusion.method!r} needs fusion.{base}_workdir, {what}")
         stored = _base_config(workdir, base, None)
-        if base == "s2s" and stored.model.get("copy_source", False):
+        if base == "s2s" and stored.model.copy_source:
             raise LmfuseError(
                 f"fusion.s2s_workdir {workdir!r} holds a model.copy_source=True model, whose copy "
                 "output fusion would drop; fuse an encoder-decoder trained without it"

@@ -88,8 +88,7 @@ class Objective:
 
 def objective_for(config: ml_collections.ConfigDict) -> Objective:
     """The objective implied by the model family, checked against the data settings."""
-    # .get: workdirs written before a key existed still load.
-    name, view, noising = config.model.name, config.data.view, config.data.get("noising", "")
+    name, view, noising = config.model.name, config.data.view, config.data.noising
     if name in SEQ2SEQ_NAMES:
         if view != "translate" and noising != "span_corruption":
             raise LmfuseError(

@@ -59,7 +59,7 @@ class Trainer(Model):
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
-    if config.train.z_loss and config.model.get("copy_source", False):
+    if config.train.z_loss and config.model.copy_source:
         # A copy output is already log-probabilities: logsumexp is 0 and the penalty is inert.
         raise LmfuseError(
             "train.z_loss does nothing on a model.copy_source=True model (its outputs are "
@@ -89,7 +89,7 @@ def _setup(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None
     `build_trainer`; a fused config gains its LM's model config, read from the LM's workdir."""
     if fusion_method(config):
         config = resolve_fusion(config, tokenizer)
-    model = build_model(config.model, tokenizer.vocab_size, config.get("fusion"))
+    model = build_model(config.model, tokenizer.vocab_size, config.fusion)
     objective = objective_for(config)
     mesh = sharding.make_mesh(config.mesh, devices)
     rules = sharding.rules_from_config(config.mesh)
@@ -141,7 +141,7 @@ def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devic
         init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_shardings)
 
     loss_options = LossOptions(
-        config.train.label_smoothing, config.train.z_loss, config.train.get("adversarial_epsilon", 0.0)
+        config.train.label_smoothing, config.train.z_loss, config.train.adversarial_epsilon
     )
     replicated = sharding.replicated(mesh)
     train_step = jax.jit(
