@@ -42,7 +42,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--max_len", type=int, default=0, help="tokens to generate (0: from config)")
     p.add_argument("--batch_size", type=int, default=0, help="sentences per batch (0: config)")
     fusion = p.add_argument_group("decode-time fusion (lmfuse.decode.fusion)")
-    fusion.add_argument("--fusion", default=None, help="shallow | density_ratio | ilme")
+    fusion.add_argument("--fusion", default=None,
+                        help="shallow | density_ratio | ilme | rescore (n-best, with --lm)")
     fusion.add_argument("--lm", default=None, help="target-domain LM workdir")
     fusion.add_argument("--lm_weight", type=float, default=0.3, help="λ")
     fusion.add_argument("--source_lm", default=None,
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flags = fusion_flags(args)  # flag mistakes fail before any model is loaded
     from flax import linen as nn
 
-    from lmfuse.evaluate.fusion_setup import build_decode_fusion
+    from lmfuse.evaluate.fusion_setup import build_decode_fusion, build_rescorer
     from lmfuse.evaluate.metrics import format_report
     from lmfuse.evaluate.translation import (
         TranslateOptions,
@@ -113,11 +114,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     decoder, params = build_decode_fusion(model, nn.meta.unbox(params), flags,
                                           options.max_new_tokens)
+    rescorer = build_rescorer(model, flags, options.max_new_tokens)
     if references is None:
-        result, scores = translate_lines(decoder, params, model.tokenizer, lines, options), None
+        result = translate_lines(decoder, params, model.tokenizer, lines, options,
+                                 rescorer=rescorer)
+        scores = None
     else:
         result, scores = translate_and_score(decoder, params, model.tokenizer, lines, references,
-                                             options)
+                                             options, rescorer=rescorer)
     if result.truncated:
         print(f"{result.truncated} source line(s) longer than {options.max_source_tokens - 1} "
               "tokens were truncated", file=sys.stderr)

@@ -1,9 +1,11 @@
 """Building a decode-time fusion from workdirs, with the checks that make it meaningful.
 
     decoder, params = build_decode_fusion(s2s_model, s2s_params, FusionFlags(...), max_new)
+    rescorer = build_rescorer(s2s_model, FusionFlags('rescore', lm=..., lm_weight=...), max_new)
 
 The fused DecodeStep comes from `lmfuse.decode.fusion`; this module reads the LMs' workdirs
-(`lmfuse.train.workdir`), so it sits above both.
+(`lmfuse.train.workdir`), so it sits above both. Those imports are inside the functions that
+use them: the CLI parses and checks `FusionFlags` before anything loads JAX.
 
 Checks, each a one-line `LmfuseError`: the method is known; its flags fit it (an LM for
 shallow/density_ratio, a source LM only for density_ratio, an ILM weight only for ilme); every
@@ -23,9 +25,11 @@ from lmfuse.errors import LmfuseError
 
 if TYPE_CHECKING:
     from lmfuse.decode import DecodeStep
+    from lmfuse.decode.rescoring import Rescorer
     from lmfuse.train.trainer import Model
 
-METHODS = ("shallow", "density_ratio", "ilme")
+# Decode-time methods: three fused DecodeSteps, and n-best rescoring after a plain beam search.
+METHODS = ("shallow", "density_ratio", "ilme", "rescore")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +53,7 @@ def check_flags(flags: FusionFlags) -> None:
         return
     if flags.method not in METHODS:
         raise LmfuseError(f"unknown fusion method {flags.method!r}; choose one of {', '.join(METHODS)}")
-    if flags.method in ("shallow", "density_ratio") and flags.lm is None:
+    if flags.method in ("shallow", "density_ratio", "rescore") and flags.lm is None:
         raise LmfuseError(f"--fusion {flags.method} needs --lm <LM workdir>")
     if flags.method == "density_ratio" and flags.source_lm is None:
         raise LmfuseError("--fusion density_ratio needs --source_lm <workdir of an LM trained on "
@@ -97,7 +101,7 @@ def build_decode_fusion(s2s_model: Model, s2s_params: Any, flags: FusionFlags,
 
     check_flags(flags)
     base = seq2seq_decode_step(s2s_model.model)
-    if flags.method is None:
+    if flags.method in (None, "rescore"):  # rescoring re-ranks a plain beam (`build_rescorer`)
         return base, s2s_params
     sha, positions = s2s_model.tokenizer.sha256, 1 + max_new_tokens  # BOS + the output
     lm_terms = {}
@@ -127,3 +131,14 @@ def build_decode_fusion(s2s_model: Model, s2s_params: Any, flags: FusionFlags,
     if "lm" not in params:
         params["weights"].pop("lm")
     return decoder, params
+
+
+def build_rescorer(s2s_model: Model, flags: FusionFlags, max_new_tokens: int) -> Rescorer | None:
+    """The n-best `Rescorer` of `--fusion rescore` (its LM checked as any fused LM), else None."""
+    from lmfuse.decode.rescoring import Rescorer
+
+    check_flags(flags)
+    if flags.method != "rescore":
+        return None
+    lm, params = load_lm(flags.lm, s2s_model.tokenizer.sha256, 1 + max_new_tokens, "--lm")
+    return Rescorer(lm, params, flags.lm_weight, flags.length_reward)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.decode import DecodeStep, beam_search
+from lmfuse.decode.rescoring import Rescorer
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate.metrics import score_translations
 from lmfuse.tokens import BOS_ID, EOS_ID, PAD_ID
@@ -72,7 +73,8 @@ class Translations:
 
 def split_pairs(config: ml_collections.ConfigDict, split: str) -> tuple[list[str], list[str]]:
     """(sources, references) of a translate-view split, in dataset order."""
-    from lmfuse.data import corpora
+    from lmfuse.data import corpora  # TFDS loads only when a split is read
+
 
     if config.data.view != "translate":
         raise LmfuseError(f"--split needs a translate-view workdir, this one has {config.data.view!r}")
@@ -91,11 +93,13 @@ def translate_and_score(
     sources: Sequence[str],
     references: Sequence[str],
     options: TranslateOptions,
+    rescorer: Rescorer | None = None,
 ) -> tuple[Translations, dict[str, Any]]:
     """Beam-searches every source and scores the best hypotheses against the references:
     `score_translations` (BLEU, chrF, ROUGE-L, PINC, the copy-the-source baseline and the
-    signatures) with the beam size and length penalty that made them."""
-    out = translate_lines(decoder, params, tokenizer, sources, options)
+    signatures) with the beam size and length penalty that made them. A `rescorer` re-ranks
+    each n-best list before the best is taken (LM rescoring)."""
+    out = translate_lines(decoder, params, tokenizer, sources, options, rescorer=rescorer)
     scores = score_translations(out.hypotheses, references, sources)
     scores.update(beam_size=options.beam_size, alpha=options.alpha)
     return out, scores
@@ -124,8 +128,9 @@ def translate_lines(
     lines: Sequence[str],
     options: TranslateOptions,
     processors: Sequence = (),
+    rescorer: Rescorer | None = None,
 ) -> Translations:
-    """Best beam-search hypothesis for every line, in order."""
+    """Best beam-search hypothesis for every line, in order (after `rescorer`, if given)."""
     sources, truncated = encode_sources(tokenizer, lines, options.max_source_tokens)
     todo = [i for i, ids in enumerate(sources) if ids is not None]
     hypotheses = [""] * len(lines)
@@ -145,6 +150,8 @@ def translate_lines(
             decoder, params, batch, beam_size=options.beam_size,
             max_new_tokens=options.max_new_tokens, alpha=options.alpha, processors=processors,
         )
+        if rescorer is not None:
+            out = rescorer(batch["prompt"], out, options.alpha)
         best = np.asarray(out.tokens[:, 0])
         for row, index in enumerate(chunk):
             # A generated newline (byte fallback can produce one) would break the line mapping.

@@ -28,17 +28,23 @@ p(y_t | y_<t, x) = softmax(logits_t):
     pre-activation at logit 0 with no gradient.
   simple (Stahlberg et al. 2018, sec. 3), the LM frozen and the translation model (the s2s,
   from scratch) trained through the combination:
-      simple_postnorm: logits_t = softmax(S_t) * softmax(l_t),  i.e. p = softmax(P_TM * P_LM)
-      simple_prenorm:  logits_t = S_t + log_softmax(l_t),       i.e. p = softmax(S_TM + log P_LM)
-    PostNorm is the paper's literal form: the outer softmax runs over products of
-    probabilities (values in [0, 1]), so no two tokens' fused probabilities differ by more
-    than a factor e, and the loss stays above log(V - 1 + e) - 1, about log V - 1. PreNorm is
-    a product of experts; a uniform LM leaves the TM's distribution unchanged.
+      simple_postnorm: logits_t = S_t * softmax(l_t),        i.e. p = softmax(S_TM * P_LM)
+      simple_prenorm:  logits_t = S_t + log_softmax(l_t),    i.e. p = softmax(S_TM + log P_LM)
+    with S_TM the translation model's unnormalised scores (its logits) and P_LM the frozen
+    LM's probabilities, multiplied token by token. PostNorm scales each token's TM score by
+    how likely the LM finds it, so a token the LM rules out loses the TM's vote; with a
+    uniform LM it is softmax(S_TM / V), the TM at temperature V. (An earlier form,
+    softmax(softmax(S_TM) * P_LM), could not train: its outer softmax saw only values in
+    [0, 1], which kept the loss above about log V - 1.) PreNorm is a product of experts; a
+    uniform LM leaves the TM's distribution unchanged.
   linear (learned logit fusion)
       logits_t = W_g * S_t + W_l * l_t
     with W_g, W_l two scalars ('scalar'), two [V] vectors ('vector'), or per position
     [W_g, W_l] = [s_t ; h_t] K + c ('context'). They start at W_g = 1, W_l = 0 (K = 0,
-    c = (1, 0)): exactly the s2s. The bases are frozen (train_bases=False) or fine-tuned
+    c = (1, 0)): exactly the s2s. 'vector' weighs log-probabilities, log_softmax(S_t) and
+    log_softmax(l_t): a per-token weight on raw logits would add each model's per-position
+    log-sum-exp as a per-token bias (a scalar or per-position weight scales it for every token
+    alike, and the softmax cancels it). The bases are frozen (train_bases=False) or fine-tuned
     with the weights.
 
 The backbones differ only in what s_t and h_t are, each model's own output-layer input:
@@ -217,7 +223,23 @@ class LinearFusion(nn.Module):
                                jnp.float32)
             w_lm = self.param("lm_weight", partitioned(nn.initializers.zeros, axes), shape,
                               jnp.float32)
+        if c.weights_kind == "vector":
+            # Per-token weights on raw logits would turn each model's per-position
+            # log-sum-exp into a per-token bias; on log-probabilities there is none to leak.
+            s2s_logits = jax.nn.log_softmax(s2s_logits, axis=-1)
+            lm_logits = jax.nn.log_softmax(lm_logits, axis=-1)
         return w_s2s * s2s_logits + w_lm * lm_logits
+
+
+SIMPLE = ("simple_postnorm", "simple_prenorm")
+
+
+def simple_fusion_logits(method: str, s2s_logits: jax.Array, lm_logits: jax.Array) -> jax.Array:
+    """Stahlberg et al.'s simple fusion of TM logits S and LM logits l (module docstring):
+    PostNorm S * softmax(l), PreNorm S + log_softmax(l); the loss's softmax normalises."""
+    if method == "simple_postnorm":
+        return s2s_logits * jax.nn.softmax(lm_logits, -1)
+    return s2s_logits + jax.nn.log_softmax(lm_logits, axis=-1)
 
 
 def _one_zero(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
@@ -303,10 +325,8 @@ class FusedSeq2Seq(EncoderDecoder):
                 logits = self.fusion(s, lm_logits)
             else:
                 s2s_logits = self._held("s2s", self.s2s.logits_from_hidden(s))
-                if method == "simple_postnorm":
-                    logits = jax.nn.softmax(s2s_logits, -1) * jax.nn.softmax(lm_logits, -1)
-                elif method == "simple_prenorm":
-                    logits = s2s_logits + jax.nn.log_softmax(lm_logits, axis=-1)
+                if method in SIMPLE:
+                    logits = simple_fusion_logits(method, s2s_logits, lm_logits)
                 else:
                     logits = self.fusion(s, h, s2s_logits, lm_logits)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))

@@ -69,6 +69,8 @@ def test_translate_keeps_one_output_line_per_input_line(s2s_workdir, tmp_path):
     [
         (["--fusion", "deepish", "--lm", "x"], "unknown fusion method 'deepish'"),
         (["--fusion", "shallow"], "needs --lm"),
+        (["--fusion", "rescore"], "needs --lm"),
+        (["--fusion", "rescore", "--lm", "x", "--source_lm", "y"], "--source_lm is for"),
         (["--lm", "x"], "--lm needs --fusion"),
         (["--fusion", "shallow", "--lm", "x", "--ilm_weight", "0.2"], "--ilm_weight is for"),
         (["--fusion", "shallow", "--lm", "/nonexistent/lm"], "no checkpoints in workdir"),
@@ -92,9 +94,10 @@ def language_model(text_corpus, tmp_path_factory):
     return lm
 
 
-def test_shallow_fusion_with_an_lm_of_another_vocabulary_is_refused(s2s_workdir, language_model):
+@pytest.mark.parametrize("method", ["shallow", "rescore"])
+def test_an_lm_of_another_vocabulary_is_refused(s2s_workdir, language_model, method):
     result = run_cli(["translate", "--workdir", str(s2s_workdir), "--split", "test",
-                      "--fusion", "shallow", "--lm", str(language_model)])
+                      "--fusion", method, "--lm", str(language_model)])
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "vocab mismatch" in result.stderr
