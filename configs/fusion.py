@@ -7,14 +7,17 @@ small model:
       train, starting from the encoder-decoder's own output layer.
   cold (Sriram et al. 2017): the encoder-decoder trains from scratch with a frozen LM.
   simple_postnorm (Stahlberg et al. 2018, sec. 3): the translation model trains from scratch
-      through p = softmax(softmax(S_TM) * P_LM) with a frozen LM (the paper's form; see
-      lmfuse.models.fusion, also on why its loss stays above about log V - 1).
+      through p = softmax(S_TM * P_LM) with a frozen LM (S_TM its logits, P_LM the LM's
+      probabilities).
   simple_prenorm (Stahlberg et al. 2018, sec. 3): likewise through p = softmax(S_TM + log P_LM).
   linear (learned logit fusion): p = softmax(W_g * S_s2s + W_l * l_LM), starting at W_g = 1,
       W_l = 0 (exactly the trained encoder-decoder). W_g and W_l are scalars, per-vocabulary
       vectors (--config.fusion.weights_kind=vector) or gates computed from [s_t ; h_LM]
       (=context); both bases stay frozen, or train with them (--config.fusion.train_bases=True,
       with a lower --config.optimizer.learning_rate).
+  lm_prior (Baziotis et al. 2020): the translation model trains from scratch with a frozen LM
+      as a prior, loss = CE + λ τ² KL(softmax(S_TM/τ) || softmax(l_LM/τ)) (λ =
+      --config.fusion.prior_weight, τ = --config.fusion.prior_temperature), and decodes alone.
 
 # 1. The LM (ASV text; the same tokenizer as the translate data):
 lmfuse train --config configs/lm_transformer.py:tiny --workdir workdirs/lm_transformer_tiny
@@ -57,6 +60,7 @@ SETTINGS = {
     "cold": (5e-4, 2e-3, 0, 0),
     "simple_postnorm": (5e-4, 2e-3, 0, 0),
     "simple_prenorm": (5e-4, 2e-3, 0, 0),
+    "lm_prior": (5e-4, 2e-3, 0, 0),
     # Frozen bases leave a handful of weights to learn: a higher rate, few steps.
     "linear": (1e-3, 1e-2, 5000, 300),
 }

@@ -149,10 +149,10 @@ def mesh_config() -> ml_collections.ConfigDict:
 def fusion_config() -> ml_collections.ConfigDict:
     """Trained fusion of an LM into the encoder-decoder (`lmfuse.models.fusion`); off by default."""
     c = ml_collections.ConfigDict()
-    c.method = ""  # '' (none) | 'deep' | 'cold' | 'simple_postnorm' | 'simple_prenorm' | 'linear'
+    c.method = ""  # '' (none) | 'deep' | 'cold' | 'simple_postnorm' | 'simple_prenorm' | 'linear' | 'lm_prior'
     c.lm_workdir = ""  # a trained decoder-only LM (every method), same tokenizer as the data
     c.s2s_workdir = ""  # the trained encoder-decoder that deep and linear fusion start from
-    c.update(fusion_defaults())  # weights_kind, train_bases, cold_dim (see FusionConfig)
+    c.update(fusion_defaults())  # weights_kind, train_bases, cold_dim, prior_* (FusionConfig)
     # The LM's model config, copied from lm_workdir when training starts (not set by hand), so
     # a fused workdir rebuilds its model without the LM's workdir.
     c.lm_model = ml_collections.ConfigDict()

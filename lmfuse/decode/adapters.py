@@ -259,6 +259,8 @@ def _fused_logits(model: FusedSeq2Seq, params: Params, s: jax.Array, h: jax.Arra
 
 def _fused_init(model: FusedSeq2Seq, params: Params, batch: Batch, max_len: int,
                 zero_context: bool = False):
+    if model.cfg.method == "lm_prior":  # the prior shapes training only: decode the TM alone
+        return seq2seq_decode_step(model.s2s, zero_context).init(params["s2s"], batch, max_len)
     s2s_step, lm_step = seq2seq_decode_step(model.s2s, zero_context), lm_decode_step(model.lm)
     with nn.intercept_methods(_hidden_not_logits):
         s, s2s_state = s2s_step.init(params["s2s"], batch, max_len)
@@ -268,6 +270,8 @@ def _fused_init(model: FusedSeq2Seq, params: Params, batch: Batch, max_len: int,
 
 def _fused_step(model: FusedSeq2Seq, params: Params, state: State, tokens: jax.Array,
                 zero_context: bool = False):
+    if model.cfg.method == "lm_prior":
+        return seq2seq_decode_step(model.s2s, zero_context).step(params["s2s"], state, tokens)
     s2s_step, lm_step = seq2seq_decode_step(model.s2s, zero_context), lm_decode_step(model.lm)
     with nn.intercept_methods(_hidden_not_logits):
         s, s2s_state = s2s_step.step(params["s2s"], state["s2s"], tokens)

@@ -47,6 +47,14 @@ p(y_t | y_<t, x) = softmax(logits_t):
     alike, and the softmax cancels it). The bases are frozen (train_bases=False) or fine-tuned
     with the weights.
 
+  lm_prior (Baziotis, Haddow & Birch 2020, "Language Model Prior for Low-Resource NMT")
+      logits_t = S_t                                      the TM alone, in training and decoding
+      loss = CE + λ τ² KL(softmax(S_t / τ) || softmax(l_t / τ)), per counted target token
+    The LM is frozen and the TM trains from scratch; the KL term (λ = fusion.prior_weight,
+    τ = fusion.prior_temperature) pulls the TM's softened distribution towards the LM's where
+    the data is silent. The model sows the per-token penalty into the 'losses' collection,
+    which the train step adds to each token's loss; λ = 0 sows nothing (plain training).
+
 The backbones differ only in what s_t and h_t are, each model's own output-layer input:
 s2s_transformer's s_t is the top decoder state after ln_f (cross-attention already mixed in);
 s2s_rnn's is its readout tanh(W_o [c_t ; s_t]), which holds the attention context c_t that
@@ -95,7 +103,7 @@ import jax.numpy as jnp
 from lmfuse.models.encoder_decoder import EncoderDecoder
 from lmfuse.models.layers import compute_dtype, constrain, partitioned
 
-METHODS = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear")
+METHODS = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear", "lm_prior")
 WEIGHTS_KINDS = ("scalar", "vector", "context")
 BASES = ("s2s", "lm")
 # Methods that start from a trained encoder-decoder (fusion.s2s_workdir); the others train it
@@ -120,6 +128,8 @@ class FusionConfig:
     weights_kind: str = "scalar"  # linear: 'scalar' | 'vector' | 'context'
     train_bases: bool = False  # linear: fine-tune both bases with the weights (else frozen)
     cold_dim: int = 256  # cold: width C of h^LM, the gate and the output DNN's hidden layer
+    prior_weight: float = 0.5  # lm_prior: λ of the KL term (0: plain training of the TM)
+    prior_temperature: float = 2.0  # lm_prior: τ, softening both distributions in the KL
 
     def frozen_bases(self) -> tuple[str, ...]:
         """The bases whose parameters never change ('s2s', 'lm')."""
@@ -321,6 +331,10 @@ class FusedSeq2Seq(EncoderDecoder):
             logits = self.fusion(s, h)
         else:
             lm_logits = self._held("lm", self.lm.logits_from_hidden(h))
+            if method == "lm_prior":
+                s2s_logits = self.s2s.logits_from_hidden(s)
+                self._sow_prior(s2s_logits, lm_logits)
+                return constrain(s2s_logits.astype(jnp.float32), ("batch", "length", "vocab"))
             if method == "cold":
                 logits = self.fusion(s, lm_logits)
             else:
@@ -330,6 +344,18 @@ class FusedSeq2Seq(EncoderDecoder):
                 else:
                     logits = self.fusion(s, h, s2s_logits, lm_logits)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def _sow_prior(self, s2s_logits: jax.Array, lm_logits: jax.Array) -> None:
+        """The LM prior's per-token penalty λ τ² KL(softmax(S/τ) || softmax(l/τ)) [B, T], sown
+        into 'losses' (a no-op unless the train step makes that collection mutable)."""
+        c = self.cfg
+        if not c.prior_weight or not self.is_mutable_collection("losses"):
+            return  # λ = 0 is plain training: nothing to compute
+        tau = c.prior_temperature
+        log_p = jax.nn.log_softmax(s2s_logits.astype(jnp.float32) / tau, axis=-1)
+        log_q = jax.nn.log_softmax(lm_logits.astype(jnp.float32) / tau, axis=-1)
+        kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+        self.sow("losses", "lm_prior", c.prior_weight * tau**2 * kl)
 
     def s2s_output_layer(self, width: int) -> jax.Array:
         """The s2s's output layer as a [D, V] matrix: its logits of the identity's rows (the

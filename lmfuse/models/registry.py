@@ -148,6 +148,11 @@ def check_fusion(
         )
     if f["cold_dim"] <= 0:
         raise LmfuseError(f"fusion.cold_dim={f['cold_dim']} must be positive")
+    if f["prior_weight"] < 0 or f["prior_temperature"] <= 0:
+        raise LmfuseError(
+            f"fusion.prior_weight={f['prior_weight']} must be >= 0 and fusion.prior_temperature="
+            f"{f['prior_temperature']} > 0"
+        )
 
 
 def _build_fused(model_cfg, fusion_cfg: dict[str, Any], vocab_size: int) -> nn.Module:

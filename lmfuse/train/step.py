@@ -44,6 +44,8 @@ class LossOptions:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     adversarial_epsilon: float = 0.0
+    # Add the per-token penalties a model sows into its 'losses' collection (the LM prior).
+    model_losses: bool = False
 
 
 def token_losses(
@@ -69,9 +71,20 @@ def token_losses(
 
 def _loss_sums(apply_fn, params, batch: Batch, rng, options: LossOptions, deterministic: bool,
                objective: Objective = LM, perturbations=None):
-    logits = objective.forward(apply_fn, params, batch, rng, deterministic, perturbations)
+    penalties = ()
+    if options.model_losses:
+        def apply_collecting(*args, **kwargs):
+            return apply_fn(*args, mutable=["losses"], **kwargs)
+
+        logits, collections = objective.forward(apply_collecting, params, batch, rng,
+                                                deterministic, perturbations)
+        penalties = jax.tree.leaves(collections.get("losses", {}))  # each [B, T]
+    else:
+        logits = objective.forward(apply_fn, params, batch, rng, deterministic, perturbations)
     weights = objective.weights(batch)
     loss, nll = token_losses(logits, batch["targets"], options)
+    for penalty in penalties:
+        loss = loss + penalty
     return (loss * weights).sum(), ((nll * weights).sum(), weights.sum())
 
 

@@ -141,7 +141,8 @@ def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devic
         init_fn = jax.jit(lambda r: nn.unbox(init_boxed(r)), out_shardings=state_shardings)
 
     loss_options = LossOptions(
-        config.train.label_smoothing, config.train.z_loss, config.train.adversarial_epsilon
+        config.train.label_smoothing, config.train.z_loss, config.train.adversarial_epsilon,
+        model_losses=config.fusion.method == "lm_prior",
     )
     replicated = sharding.replicated(mesh)
     train_step = jax.jit(

@@ -9,7 +9,7 @@ from fused_training import assert_fused_training_works, save_bases
 
 BACKBONE = "s2s_rnn"
 SLOW = [("deep", False), ("simple_postnorm", False), ("simple_prenorm", False),
-        ("linear", False), ("linear", True)]
+        ("linear", False), ("linear", True), ("lm_prior", False)]
 CASES = [("cold", False)] + [pytest.param(*case, marks=pytest.mark.slow) for case in SLOW]
 
 

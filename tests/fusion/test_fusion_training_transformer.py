@@ -7,7 +7,7 @@ import pytest
 from fused_training import assert_fused_training_works, save_bases
 
 BACKBONE = "s2s_transformer"
-SLOW = ["cold", "simple_postnorm", "simple_prenorm", "linear"]
+SLOW = ["cold", "simple_postnorm", "simple_prenorm", "linear", "lm_prior"]
 CASES = [("deep", False)] + [pytest.param(m, False, marks=pytest.mark.slow) for m in SLOW]
 
 

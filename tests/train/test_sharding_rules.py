@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from lmfuse.models import build_model
+from lmfuse.models.fusion import METHODS
 from lmfuse.models.layers import ACTIVATION_PREFIX, LOGICAL_AXES
 from lmfuse.schema import mesh_config
 from lmfuse.train import sharding
@@ -24,7 +25,7 @@ from lmfuse.train import sharding
 VOCAB = 64
 SMALL = {"emb_dim": 16, "hidden_dim": 16, "num_layers": 2, "num_heads": 2, "mlp_dim": 32,
          "max_len": 16}
-FUSION_METHODS = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear")
+FUSION_METHODS = METHODS  # every trained method
 
 
 def default_rules() -> sharding.Rules:
