@@ -19,6 +19,11 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="validation", choices=("validation", "test"))
     p.add_argument("--beam", type=int, default=0, help="seq2seq: beam size (0: config)")
+    p.add_argument("--sample", type=int, default=0,
+                   help="seq2seq: score a seeded sample of this many pairs, spread over every "
+                        "book (0: the whole split); its ids go to eval_<split>_ids.txt")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sample and of the paired bootstrap")
     return p
 
 
@@ -28,6 +33,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from lmfuse.train.evaluation import evaluate
     from lmfuse.train.workdir import load_model
 
+    if args.sample < 0:
+        from lmfuse.errors import LmfuseError
+
+        raise LmfuseError(f"--sample {args.sample} must be >= 0 (0: the whole split)")
     model, params, step = load_model(args.workdir)
     result = evaluate(model, params, args.split)
     result["step"] = step
@@ -51,15 +60,24 @@ def _translation_scores(model, params, args: argparse.Namespace) -> dict[str, An
     from flax import linen as nn
 
     from lmfuse.decode import seq2seq_decode_step
+    from lmfuse.evaluate import protocol
     from lmfuse.evaluate.metrics import format_report
-    from lmfuse.evaluate.translation import TranslateOptions, split_pairs, translate_and_score
+    from lmfuse.evaluate.translation import TranslateOptions, split_examples, translate_and_score
 
-    sources, references = split_pairs(model.config, args.split)
+    ids, sources, references = split_examples(model.config, args.split)
+    ids, (sources, references) = protocol.sample_split(ids, (sources, references), args.sample,
+                                                       args.seed)
     options = TranslateOptions.from_config(model.config, beam_size=args.beam,
                                            progress=sys.stderr.isatty())
     out, scores = translate_and_score(seq2seq_decode_step(model.model), nn.meta.unbox(params),
                                       model.tokenizer, sources, references, options)
-    hypotheses_file = Path(args.workdir) / f"eval_{args.split}_hypotheses.txt"
-    hypotheses_file.write_text("".join(h + "\n" for h in out.hypotheses), encoding="utf-8")
-    print(format_report(scores, f"{args.workdir} {args.split} (beam {options.beam_size})"))
+    workdir = Path(args.workdir)
+    (workdir / f"eval_{args.split}_hypotheses.txt").write_text(
+        "".join(h + "\n" for h in out.hypotheses), encoding="utf-8")
+    (workdir / f"eval_{args.split}_ids.txt").write_text("".join(i + "\n" for i in ids))
+    what = f"{len(ids)} sampled with seed {args.seed}" if args.sample else "all"
+    print(format_report(scores, f"{args.workdir} {args.split}, {what} (beam {options.beam_size})"))
+    scores["confidence"] = protocol.against_copy(out.hypotheses, sources, references, args.seed)
+    scores["sample"] = {"size": args.sample, "seed": args.seed, "num_ids": len(ids)}
+    print(protocol.format_confidence(scores["confidence"]))
     return scores

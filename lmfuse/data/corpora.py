@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lmfuse.data import bible, bible_text, builders, sword, textfiles, tfds_named
+from lmfuse.data import bible, bible_ids, bible_text, builders, sword, textfiles, tfds_named
 from lmfuse.data.tokenizer import Tokenizer, train_tokenizer
 from lmfuse.errors import LmfuseError
 
@@ -259,6 +259,27 @@ def _bible_examples(config: ml_collections.ConfigDict, split: str) -> Examples:
     view = _VerseView(sources, pairs, data_cfg.keep_brackets, data_cfg.tag_source)
     dataset = grain.MapDataset.range(records * len(pairs)).map(view)
     return Examples(dataset, data_cfg.view, records=records)
+
+
+def example_ids(config: ml_collections.ConfigDict, split: str) -> list[str]:
+    """A stable, readable id per example of `split`, index-aligned with `load_examples`: the
+    verse reference for the Bible ('Judges 1:1', with the source version when several pair
+    with the target: 'Judges 1:1 <ylt>'), 'line N' for text files, the index otherwise.
+    For evaluation splits: a train split cut by data.train_fraction is not followed."""
+    data_cfg = config.data
+    count = len(load_examples(config, split).dataset)
+    if data_cfg.corpus == "bible":
+        sources = bible_sources(needed_builders(config), split, data_dir(data_cfg))
+        source = next(iter(sources.values()))
+        verses = [row["verse_id"] for row in source.__getitems__(range(len(source)))]
+        pairs = _translate_sources(data_cfg) if data_cfg.view == "translate" else ("",)
+        names = [bible_ids.reference(int(v)) for v in verses]
+        if len(pairs) == 1:
+            return names
+        return [f"{name} <{pair}>" for name in names for pair in pairs]
+    if data_cfg.corpus == "text":
+        return [f"line {i + 1}" for i in range(count)]
+    return [str(i) for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,17 +73,27 @@ class Translations:
 
 def split_pairs(config: ml_collections.ConfigDict, split: str) -> tuple[list[str], list[str]]:
     """(sources, references) of a translate-view split, in dataset order."""
-    from lmfuse.data import corpora  # TFDS loads only when a split is read
+    _, sources, references = split_examples(config, split)
+    return sources, references
 
+
+def split_examples(config: ml_collections.ConfigDict, split: str
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """(ids, sources, references) of a translate-view split, in dataset order; ids name each
+    pair (`corpora.example_ids`: 'Judges 1:1' for a verse)."""
+    from lmfuse.data import corpora  # TFDS loads only when a split is read
 
     if config.data.view != "translate":
         raise LmfuseError(f"--split needs a translate-view workdir, this one has {config.data.view!r}")
-    sources, references = [], []
-    for example in corpora.load_examples(config, split).dataset:
+    ids, sources, references = [], [], []
+    all_ids = corpora.example_ids(config, split)
+    for example_id, example in zip(all_ids, corpora.load_examples(config, split).dataset,
+                                   strict=True):
         if example is not None:
+            ids.append(example_id)
             sources.append(example["source"])
             references.append(example["target"])
-    return sources, references
+    return ids, sources, references
 
 
 def translate_and_score(

@@ -39,6 +39,26 @@ def test_eval_reports_translation_metrics_with_the_copy_baseline(s2s_workdir):
     assert "copy source" in result.stdout and "BLEU" in result.stdout
 
 
+def test_eval_on_a_seeded_sample_writes_its_ids_and_sacrebleu_intervals(s2s_workdir):
+    args = ["eval", "--workdir", str(s2s_workdir), "--split", "test", "--beam", "1",
+            "--sample", "20", "--seed", "3"]
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((s2s_workdir / "eval_test.json").read_text())
+    ids = (s2s_workdir / "eval_test_ids.txt").read_text().split("\n")[:-1]
+    assert report["num_sentences"] == len(ids) == 20 and len(set(ids)) == 20
+    assert all(i.startswith("line ") for i in ids) and ids != [f"line {n}" for n in range(1, 21)]
+    confidence = report["confidence"]
+    assert confidence["seed"] == 3 and confidence["copy"]["bleu_p"] is None
+    assert abs(confidence["system"]["bleu"] - report["bleu"]) < 1e-6
+    assert 0 <= confidence["system"]["bleu_p"] <= 1 and confidence["system"]["bleu_ci"] >= 0
+    assert "paired bootstrap" in result.stdout
+    assert run_cli(args).returncode == 0  # the same seed: the same sample
+    assert (s2s_workdir / "eval_test_ids.txt").read_text().split("\n")[:-1] == ids
+    bad = run_cli(["eval", "--workdir", str(s2s_workdir), "--split", "test", "--sample", "-1"])
+    assert bad.returncode == 2 and "must be >= 0" in bad.stderr
+
+
 def test_translate_keeps_one_output_line_per_input_line(s2s_workdir, tmp_path):
     lines = [
         "In the beginning God created the heaven and the earth.",
