@@ -142,10 +142,13 @@ def point(points: list[dict], field: str, value) -> dict:
 
 def fusion_flags(method: str | None, lm: str | None = None, weight: float = 0.0,
                  source_lm: TrainRun | None = None) -> FusionFlags:
-    """`lmfuse translate`'s fusion flags (method None: plain decoding)."""
+    """`lmfuse translate`'s fusion flags (method None: plain decoding). These studies still
+    sweep one weight: density ratio's λ_src and ILME's μ are set to λ here, stated."""
     if method is None:
         return FusionFlags()
-    return FusionFlags(method, lm, weight, source_lm.workdir if source_lm else None)
+    return FusionFlags(method, lm, weight, source_lm.workdir if source_lm else None,
+                       source_lm_weight=weight if method == "density_ratio" else None,
+                       ilm_weight=weight if method == "ilme" else None)
 
 
 def device_description() -> str:
@@ -275,4 +278,8 @@ def translate_command(ctx: RunContext, evaluation: Evaluation, workdir: str, ste
                  "--lm_weight", f"{fusion.lm_weight:g}"]
         if fusion.source_lm:
             args += ["--source_lm", fusion.source_lm]
+        if fusion.source_lm_weight is not None:
+            args += ["--source_lm_weight", f"{fusion.source_lm_weight:g}"]
+        if fusion.ilm_weight is not None:
+            args += ["--ilm_weight", f"{fusion.ilm_weight:g}"]
     return shlex.join(args)

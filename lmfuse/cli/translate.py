@@ -48,8 +48,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     fusion.add_argument("--lm_weight", type=float, default=0.3, help="λ")
     fusion.add_argument("--source_lm", default=None,
                         help="density_ratio: workdir of an LM of the seq2seq training targets")
-    fusion.add_argument("--source_lm_weight", type=float, default=None, help="λ2 (default λ)")
-    fusion.add_argument("--ilm_weight", type=float, default=None, help="ilme: μ (default λ)")
+    fusion.add_argument("--source_lm_weight", type=float, default=None,
+                        help="density_ratio: λ_src, the source LM's weight (required there)")
+    fusion.add_argument("--ilm_weight", type=float, default=None,
+                        help="ilme: μ, the internal LM's weight (required there)")
     fusion.add_argument("--length_reward", type=float, default=0.0, help="per output token")
     return p
 

@@ -38,9 +38,11 @@ class FusionFlags:
     lm: str | None = None  # target-domain LM workdir
     lm_weight: float = 0.3
     source_lm: str | None = None  # density ratio: LM of the seq2seq training targets
-    source_lm_weight: float | None = None  # default: lm_weight
+    # Each weight is its own: density ratio needs λ_src and ILME μ stated (no tie to λ), so
+    # a study can select every one of them on validation.
+    source_lm_weight: float | None = None  # density ratio: λ_src
     ilm_weight: float | None = None  # ILME: μ
-    length_reward: float = 0.0
+    length_reward: float = 0.0  # β per output token
 
 
 def check_flags(flags: FusionFlags) -> None:
@@ -58,6 +60,11 @@ def check_flags(flags: FusionFlags) -> None:
     if flags.method == "density_ratio" and flags.source_lm is None:
         raise LmfuseError("--fusion density_ratio needs --source_lm <workdir of an LM trained on "
                           "the seq2seq training targets>")
+    if flags.method == "density_ratio" and flags.source_lm_weight is None:
+        raise LmfuseError("--fusion density_ratio needs --source_lm_weight (λ_src; 0 makes it "
+                          "shallow fusion)")
+    if flags.method == "ilme" and flags.ilm_weight is None:
+        raise LmfuseError("--fusion ilme needs --ilm_weight (μ, the internal LM's weight)")
     if flags.method != "density_ratio" and (flags.source_lm or flags.source_lm_weight is not None):
         raise LmfuseError(f"--source_lm is for --fusion density_ratio, not {flags.method}")
     if flags.method != "ilme" and flags.ilm_weight is not None:
@@ -115,14 +122,13 @@ def build_decode_fusion(s2s_model: Model, s2s_params: Any, flags: FusionFlags,
     elif flags.method == "density_ratio":
         lm_terms["source_lm"] = load_lm(flags.source_lm, sha, positions, "--source_lm")
         decoder = fusion.density_ratio(base, lm_terms["lm"][0], lm_terms["source_lm"][0])
-        source_weight = flags.lm_weight if flags.source_lm_weight is None else flags.source_lm_weight
-        weights = fusion.fusion_weights(flags.lm_weight, source_weight, None, flags.length_reward)
+        weights = fusion.fusion_weights(flags.lm_weight, flags.source_lm_weight, None,
+                                        flags.length_reward)
     else:
         internal = seq2seq_decode_step(s2s_model.model, zero_context=True)
         lm = lm_terms["lm"][0] if "lm" in lm_terms else None
         decoder = fusion.ilme(base, internal, lm)
-        mu = flags.lm_weight if flags.ilm_weight is None else flags.ilm_weight
-        weights = fusion.fusion_weights(flags.lm_weight if lm else 0.0, None, mu,
+        weights = fusion.fusion_weights(flags.lm_weight if lm else 0.0, None, flags.ilm_weight,
                                         flags.length_reward)
         lm_terms["ilm"] = (internal, s2s_params)
     params = fusion.fused_params(

@@ -90,6 +90,8 @@ def test_translate_keeps_one_output_line_per_input_line(s2s_workdir, tmp_path):
         (["--fusion", "deepish", "--lm", "x"], "unknown fusion method 'deepish'"),
         (["--fusion", "shallow"], "needs --lm"),
         (["--fusion", "rescore"], "needs --lm"),
+        (["--fusion", "density_ratio", "--lm", "x", "--source_lm", "y"], "needs --source_lm_weight"),
+        (["--fusion", "ilme"], "needs --ilm_weight"),
         (["--fusion", "rescore", "--lm", "x", "--source_lm", "y"], "--source_lm is for"),
         (["--lm", "x"], "--lm needs --fusion"),
         (["--fusion", "shallow", "--lm", "x", "--ilm_weight", "0.2"], "--ilm_weight is for"),
