@@ -19,12 +19,17 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="validation", choices=("validation", "test"))
     p.add_argument("--beam", type=int, default=0, help="seq2seq: beam size (0: config)")
+    add_sample_flags(p, "eval_<split>_ids.txt")
+    return p
+
+
+def add_sample_flags(p: argparse.ArgumentParser, ids_file: str) -> None:
+    """--sample and --seed (`lmfuse.evaluate.protocol`), for eval and translate."""
     p.add_argument("--sample", type=int, default=0,
-                   help="seq2seq: score a seeded sample of this many pairs, spread over every "
-                        "book (0: the whole split); its ids go to eval_<split>_ids.txt")
+                   help="score a seeded sample of this many pairs, spread over every book "
+                        f"(0: the whole split); its ids go to {ids_file}")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the sample and of the paired bootstrap")
-    return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmfuse.cli.eval import add_sample_flags
 from lmfuse.errors import LmfuseError
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--alpha", type=float, default=None, help="GNMT length penalty")
     p.add_argument("--max_len", type=int, default=0, help="tokens to generate (0: from config)")
     p.add_argument("--batch_size", type=int, default=0, help="sentences per batch (0: config)")
+    add_sample_flags(p, "translate_<split>_ids.txt (with --split)")
     fusion = p.add_argument_group("decode-time fusion (lmfuse.decode.fusion)")
     fusion.add_argument("--fusion", default=None,
                         help="shallow | density_ratio | ilme | rescore (n-best, with --lm)")
@@ -70,7 +72,9 @@ def _check(args: argparse.Namespace) -> None:
         args.split = "test"
     if args.input is not None and not Path(args.input).is_file():
         raise LmfuseError(f"--input {args.input} does not exist")
-    for flag in ("step", "beam", "max_len", "batch_size"):
+    if args.sample and args.input is not None:
+        raise LmfuseError("--sample draws from a split; use it with --split, not --input")
+    for flag in ("step", "beam", "max_len", "batch_size", "sample"):
         if getattr(args, flag) < 0:
             raise LmfuseError(f"--{flag}={getattr(args, flag)} must be >= 0")
 
@@ -88,11 +92,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flags = fusion_flags(args)  # flag mistakes fail before any model is loaded
     from flax import linen as nn
 
+    from lmfuse.decode import seq2seq_decode_step
+    from lmfuse.evaluate import protocol
     from lmfuse.evaluate.fusion_setup import build_decode_fusion, build_rescorer
     from lmfuse.evaluate.metrics import format_report
     from lmfuse.evaluate.translation import (
         TranslateOptions,
-        split_pairs,
+        split_examples,
         translate_and_score,
         translate_lines,
     )
@@ -106,14 +112,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.workdir} holds a {config.model.name!r} model; translate needs an "
             f"encoder-decoder ({', '.join(SEQ2SEQ_NAMES)}); use lmfuse sample for an LM"
         )
+    ids = None
     if args.split:
-        lines, references = split_pairs(config, args.split)
+        ids, lines, references = split_examples(config, args.split)
+        ids, (lines, references) = protocol.sample_split(ids, (lines, references), args.sample,
+                                                         args.seed)
     else:
         lines, references = _read_lines(args.input), None
     options = TranslateOptions.from_config(
         config, beam_size=args.beam, alpha=args.alpha, max_new_tokens=args.max_len,
         batch_size=args.batch_size, progress=sys.stderr.isatty(),
     )
+    base_params = params
     decoder, params = build_decode_fusion(model, nn.meta.unbox(params), flags,
                                           options.max_new_tokens)
     rescorer = build_rescorer(model, flags, options.max_new_tokens)
@@ -137,9 +147,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if scores is None:
         return {"hypotheses": result.hypotheses}
 
-    scores.update(step=step, split=args.split, fusion=dataclasses.asdict(flags))
+    scores.update(step=step, split=args.split, fusion=dataclasses.asdict(flags),
+                  sample={"size": args.sample, "seed": args.seed, "num_ids": len(ids)})
+    Path(args.workdir, f"translate_{args.split}_ids.txt").write_text(
+        "".join(i + "\n" for i in ids))
     method = f", {flags.method} fusion" if flags.method else ""
     print(format_report(scores, f"{args.workdir} {args.split} (step {step}, beam "
                                 f"{options.beam_size}{method})"))
+    systems = {"copy": lines, "system": result.hypotheses}
+    if flags.method:  # the same model decoding alone: the baseline a fusion must beat
+        plain = translate_lines(seq2seq_decode_step(model.model), nn.meta.unbox(base_params),
+                                model.tokenizer, lines, options)
+        systems["none"] = plain.hypotheses
+    scores["confidence"] = {
+        baseline: protocol.paired_bootstrap(systems, references, baseline, seed=args.seed)
+        for baseline in systems if baseline != "system"
+    }
+    for baseline, report in scores["confidence"].items():
+        r = report["system"]
+        print(f"paired bootstrap vs {baseline} (sacrebleu, seed {args.seed}): BLEU "
+              f"{r['bleu']:.2f} ({r['bleu_mean']:.2f} ± {r['bleu_ci']:.2f}, p = {r['bleu_p']:.4f}),"
+              f" {baseline} {report[baseline]['bleu']:.2f}")
     Path(args.workdir, f"translate_{args.split}.json").write_text(json.dumps(scores, indent=2) + "\n")
     return scores

@@ -59,6 +59,26 @@ def test_eval_on_a_seeded_sample_writes_its_ids_and_sacrebleu_intervals(s2s_work
     assert bad.returncode == 2 and "must be >= 0" in bad.stderr
 
 
+def test_translate_a_sample_with_fusion_reports_intervals_against_none_and_copy(s2s_workdir):
+    """ILME with μ = 0 is the model itself: its BLEU equals the plain decoding's, and both
+    comparisons are sacrebleu's paired bootstrap on the same seeded sample."""
+    result = run_cli(["translate", "--workdir", str(s2s_workdir), "--split", "test", "--beam", "1",
+                      "--sample", "10", "--seed", "1", "--fusion", "ilme", "--ilm_weight", "0"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads((s2s_workdir / "translate_test.json").read_text())
+    ids = (s2s_workdir / "translate_test_ids.txt").read_text().split("\n")[:-1]
+    assert len(ids) == report["num_sentences"] == 10
+    confidence = report["confidence"]
+    assert set(confidence) == {"none", "copy"}
+    assert confidence["none"]["system"]["bleu"] == confidence["none"]["none"]["bleu"]
+    assert abs(confidence["copy"]["system"]["bleu"] - report["bleu"]) < 1e-6
+    assert "paired bootstrap vs none" in result.stdout
+    some_file = str(s2s_workdir / "translate_test_ids.txt")
+    wrong = run_cli(["translate", "--workdir", str(s2s_workdir), "--input", some_file,
+                     "--sample", "3"])
+    assert wrong.returncode == 2 and "use it with --split" in wrong.stderr
+
+
 def test_translate_keeps_one_output_line_per_input_line(s2s_workdir, tmp_path):
     lines = [
         "In the beginning God created the heaven and the earth.",
