@@ -43,6 +43,7 @@ from collections.abc import Sequence
 
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.metrics.bleu import BLEUScore
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
 from lmfuse.errors import LmfuseError
@@ -51,7 +52,8 @@ PINC_MAX_ORDER = 4
 
 # Report rows and columns: (label, key prefix) and (header, score key).
 _ROWS = (("model", ""), ("copy source", "copy_"))
-_COLUMNS = (("BLEU", "bleu"), ("chrF", "chrf"), ("ROUGE-L", "rouge_l"), ("PINC", "pinc"))
+_COLUMNS = (("BLEU", "bleu"), ("chrF", "chrf"), ("ROUGE-L", "rouge_l"), ("PINC", "pinc"),
+            ("len", "length_ratio"))
 
 
 def sentence_pinc(source: str, hypothesis: str, max_order: int = PINC_MAX_ORDER) -> float:
@@ -100,10 +102,10 @@ def score_translations(
     where versions share most of their words, copying already scores a high BLEU.
     """
     _check_aligned(hypotheses=hypotheses, references=references, sources=sources)
-    bleu, bleu_signature = _sacrebleu_score(BLEU(), hypotheses, references)
-    chrf, chrf_signature = _sacrebleu_score(CHRF(), hypotheses, references)
-    copy_bleu, _ = _sacrebleu_score(BLEU(), sources, references)
-    copy_chrf, _ = _sacrebleu_score(CHRF(), sources, references)
+    bleu, bleu_signature, length_ratio = _sacrebleu_score(BLEU(), hypotheses, references)
+    chrf, chrf_signature, _ = _sacrebleu_score(CHRF(), hypotheses, references)
+    copy_bleu, _, copy_length_ratio = _sacrebleu_score(BLEU(), sources, references)
+    copy_chrf, _, _ = _sacrebleu_score(CHRF(), sources, references)
     copy_pinc = pinc(sources, sources)
     assert copy_pinc == 0.0, f"PINC of the source against itself must be 0, got {copy_pinc}"
     return {
@@ -115,6 +117,10 @@ def score_translations(
         "copy_chrf": copy_chrf,
         "copy_rouge_l": rouge_l(sources, references),
         "copy_pinc": copy_pinc,
+        # Hypothesis / reference length in BLEU's tokens: a fused system that wins by
+        # shortening or lengthening its outputs shows here.
+        "length_ratio": length_ratio,
+        "copy_length_ratio": copy_length_ratio,
         "bleu_signature": bleu_signature,
         "chrf_signature": chrf_signature,
         "num_sentences": len(hypotheses),
@@ -142,10 +148,14 @@ def format_report(scores: dict, title: str) -> str:
 
 def _sacrebleu_score(
     metric: BLEU | CHRF, hypotheses: Sequence[str], references: Sequence[str]
-) -> tuple[float, str]:
+) -> tuple[float, str, float | None]:
+    """(score, signature, hypothesis/reference length ratio; BLEU only, else None)."""
     # The signature only exists once the metric has seen references (it records their count).
     score = metric.corpus_score(list(hypotheses), [list(references)])
-    return float(score.score), str(metric.get_signature())
+    ratio = None
+    if isinstance(score, BLEUScore):
+        ratio = float(score.sys_len / score.ref_len) if score.ref_len else 0.0
+    return float(score.score), str(metric.get_signature()), ratio
 
 
 @functools.cache

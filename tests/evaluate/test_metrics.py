@@ -177,3 +177,13 @@ def test_pinc_counts_new_words_not_case(source, hypothesis):
 @given(texts=st.lists(sentences(), min_size=1, max_size=5))
 def test_rouge_l_of_identical_text_is_100(texts):
     assert rouge_l(texts, texts) == 100.0
+
+
+def test_length_ratio_is_hypothesis_over_reference_tokens_for_model_and_copy():
+    references = ["and it came to pass", "he said unto them"]
+    hypotheses = ["and it came", "he said unto them go away"]
+    sources = ["and it was so that it came to pass", "he spake unto them"]
+    scores = score_translations(hypotheses, references, sources)
+    assert scores["length_ratio"] == pytest.approx((3 + 6) / (5 + 4))
+    assert scores["copy_length_ratio"] == pytest.approx((9 + 4) / (5 + 4))
+    assert "len" in format_report(scores, "x").splitlines()[1]
