@@ -14,7 +14,7 @@ Two models, the same on both sides (parameter counts are asserted equal):
 
 Both sides train in float32 with AdamW (b1 0.9, b2 0.98, eps 1e-9, weight decay 0.01 on the
 same matrices), global-norm clipping at 1.0 and no dropout, on random token batches. The lmfuse
-side is the project's real training step: `lmfuse.train.loop.build_trainer` (jit with a donated
+side is the project's real training step: `lmfuse.train.trainer.build_trainer` (jit with a donated
 state, sharding rules active, packed-row segment ids, warmup-cosine learning rate). Its
 tokenizer is a stand-in object that only carries `vocab_size`, which is all `build_trainer`
 reads from it.
