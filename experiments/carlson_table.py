@@ -334,15 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "paper's order)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
                         help=f"systems to run, of {' '.join(METHODS)} (default: both)")
-    parser.add_argument("--lambdas", nargs="+", type=float, default=None, metavar="λ",
-                        help="shallow fusion's λ grid, chosen on validation (default 0.1 0.2 "
-                             "0.3 0.5)")
-    parser.add_argument("--eval_sentences", type=int, default=None,
-                        help="first N validation / test pairs, 0: the whole splits (default: "
-                             "cpu 200, gpu 0)")
-    parser.add_argument("--checkpoints", type=int, default=None,
-                        help="checkpoints kept per encoder-decoder, chosen among on validation "
-                             "(default: cpu 1, gpu 4)")
+    runner.add_selection_flags(parser, "shallow fusion's λ grid, chosen on validation",
+                               eval_sentences="cpu 200, gpu 0", checkpoints="cpu 1, gpu 4")
     return parser
 
 

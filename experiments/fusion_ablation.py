@@ -557,15 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbones", nargs="+", choices=tuple(BACKBONES), default=None,
                         metavar="BACKBONE",
                         help=f"encoder-decoders, of {' '.join(BACKBONES)} (default: both)")
-    parser.add_argument("--lambdas", nargs="+", type=float, default=None, metavar="λ",
-                        help="decode-time λ grid, chosen on validation; ILME μ and density-ratio "
-                             "λ2 = λ (default 0.1 0.2 0.3 0.5)")
-    parser.add_argument("--eval_sentences", type=int, default=None,
-                        help="first N validation / test pairs, 0: the whole splits (default: "
-                             "cpu 100, gpu 0)")
-    parser.add_argument("--checkpoints", type=int, default=None,
-                        help="checkpoints kept per encoder-decoder, chosen among on validation "
-                             "(default: cpu 2, gpu 4)")
+    runner.add_selection_flags(
+        parser, "decode-time λ grid, chosen on validation; ILME μ and density-ratio λ_src = λ",
+        eval_sentences="cpu 100, gpu 0", checkpoints="cpu 2, gpu 4")
     return parser
 
 

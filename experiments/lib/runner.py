@@ -282,6 +282,20 @@ def study_parser(name: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_selection_flags(parser: argparse.ArgumentParser, lambdas: str, eval_sentences: str,
+                        checkpoints: str) -> None:
+    """--lambdas, --eval_sentences and --checkpoints: what a study selects on validation and
+    scores on; each help text ends with the study's own defaults."""
+    parser.add_argument("--lambdas", nargs="+", type=float, default=None, metavar="λ",
+                        help=f"{lambdas} (default 0.1 0.2 0.3 0.5)")
+    parser.add_argument("--eval_sentences", type=int, default=None,
+                        help="first N validation / test pairs, 0: the whole splits (default: "
+                             f"{eval_sentences})")
+    parser.add_argument("--checkpoints", type=int, default=None,
+                        help="checkpoints kept per encoder-decoder, chosen among on validation "
+                             f"(default: {checkpoints})")
+
+
 def settings_from(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
     """Each setting as given on the command line, else its default; lists become tuples."""
     settings = {}

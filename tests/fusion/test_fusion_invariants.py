@@ -193,16 +193,23 @@ def test_deep_fusion_at_its_start_or_with_a_closed_gate_is_the_s2s(seed, gate_bi
         np.testing.assert_allclose(np.asarray(got), s2s_logits, rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 2**16))
-def test_prenorm_with_a_uniform_lm_is_the_translation_model(seed):
-    """An LM whose logits are all equal adds the same log(1/V) to every token's score."""
-    model, apply = model_and_apply("simple_prenorm")
-    params = params_for("simple_prenorm")
+def with_a_uniform_lm(method: str, seed: int):
+    """(model, params as they were, hidden states, fused logits once the LM's output layer is
+    zeroed, i.e. its logits are all equal)."""
+    model, apply = model_and_apply(method)
+    params = params_for(method)
     lm = jax.tree.map(lambda x: x, params["lm"])
     lm["lm_head"]["kernel"] = jnp.zeros_like(lm["lm_head"]["kernel"])
     hidden = random_hidden(seed)
     got = np.asarray(apply({"params": {**params, "lm": lm}}, hidden, method="logits_from_hidden"))
+    return model, params, hidden, got
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_prenorm_with_a_uniform_lm_is_the_translation_model(seed):
+    """An LM whose logits are all equal adds the same log(1/V) to every token's score."""
+    model, params, hidden, got = with_a_uniform_lm("simple_prenorm", seed)
     s2s_logits, lm_logits = base_logits(model, params, hidden)
     assert lm_logits.std(-1).min() > 0.1  # the LM as it was is far from uniform
     np.testing.assert_allclose(got - s2s_logits, -np.log(VOCAB), rtol=0, atol=1e-5)
@@ -213,12 +220,7 @@ def test_prenorm_with_a_uniform_lm_is_the_translation_model(seed):
 @given(seed=st.integers(0, 2**16))
 def test_postnorm_with_a_uniform_lm_is_the_translation_model_at_temperature_v(seed):
     """softmax(S_TM * P_LM) with P_LM = 1/V everywhere is softmax(S_TM / V)."""
-    model, apply = model_and_apply("simple_postnorm")
-    params = params_for("simple_postnorm")
-    lm = jax.tree.map(lambda x: x, params["lm"])
-    lm["lm_head"]["kernel"] = jnp.zeros_like(lm["lm_head"]["kernel"])
-    hidden = random_hidden(seed)
-    got = np.asarray(apply({"params": {**params, "lm": lm}}, hidden, method="logits_from_hidden"))
+    model, params, hidden, got = with_a_uniform_lm("simple_postnorm", seed)
     s2s_logits, _ = base_logits(model, params, hidden)
     np.testing.assert_allclose(got, s2s_logits / VOCAB, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(softmax(got), softmax(s2s_logits / VOCAB), rtol=1e-5, atol=1e-7)
