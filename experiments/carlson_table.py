@@ -13,18 +13,22 @@ experiments/results/carlson_table.{md,csv} (--results); both list every `lmfuse 
 Rows, in the paper's order: KJV→ASV, public→ASV, BBE→ASV, YLT→BBE, public→BBE, YLT→ASV, on
 their split (`public`: every other English version paired with the target, verse by verse).
 Systems: `none`, the row's encoder-decoder alone, and `shallow`, the same checkpoint with a
-Transformer LM of the target version's train text fused in beam search, λ chosen on
-validation BLEU. Models, as `lmfuse train` runs (workdirs under the study's workdir):
+Transformer LM of the target version's train text fused in beam search, λ (and the length
+reward β) chosen on validation BLEU over grids that hold 0. Models, as `lmfuse train` runs
+(workdirs under the study's workdir):
 
     s2s_<row>       the row's encoder-decoder: configs/carlson/<row>.py (budget gpu: 3-layer
                     bi-LSTM with attention), or configs/s2s_transformer.py:tiny (budget cpu)
-                    with data.source / data.target set to the row's
+                    with data.source / data.target set to the row's (s2s_<row>_s<n>: training
+                    seed n, --seeds)
     lm_<target>     configs/lm_transformer.py on the target version's train text
                     (data.versions=<target>): one per target version, shared by its rows
 
-Budget `gpu` scores the full validation and test splits; budget `cpu` the first
-`--eval_sentences` pairs of each (for the public rows those are the first eval_sentences/6
-verses, every version of each). On other corpora (your files, e.g. --config.data.corpus=text
+The protocol is `lmfuse.evaluate.protocol`'s: choices read a seeded validation sample over
+every book (--val_sample; budget gpu: the whole split), test is a seeded sample of
+--test_sample pairs (budget gpu: the whole split) decoded once at the choice, and each system
+is compared with `none` and with copying the source by sacrebleu's paired bootstrap. The
+samples' ids are written under <workdir>/eval/<row>. On other corpora (your files, e.g. --config.data.corpus=text
 --config.data.files.train='src.txt|tgt.txt' ...) every row reads those files and the LM trains
 on their target side.
 
@@ -70,10 +74,9 @@ ROWS = {
 METHODS = ("none", "shallow")
 
 # Every size of both budgets, in one place. `cpu`: 6 tiny encoder-decoders, 2 tiny LMs (ASV,
-# BBE) and 42 beam-search decodes of 200 pairs (per row: validation and test for `none`, 4 λ
-# and test for `shallow`); a decode takes 30-50 s on a 2-core CPU, so the grid is about an
-# hour, half of it decoding. `gpu`: the configs as they are (s2s 40k steps, LM 20k steps) and
-# the full splits.
+# BBE); per row a 500-pair validation decode for each of 4 λ and a 1000-pair test decode for
+# each system: a few hours on a 2-core CPU. `gpu`: the configs as they are (s2s 40k steps, LM
+# 20k steps) and the full splits.
 SIZES = {
     "cpu": {
         "s2s_config": "configs/s2s_transformer.py:tiny",  # data.source / target set per row
@@ -82,8 +85,6 @@ SIZES = {
         "lm_steps": 300,
         "lm_seq_len": 96,  # as long as the tiny encoder-decoders' outputs (tiny LM: 64)
         "beam_size": 4,
-        "checkpoints": 1,  # kept per encoder-decoder, chosen between on validation BLEU
-        "eval_sentences": 200,  # first N pairs of validation and of test
     },
     "gpu": {
         "s2s_config": "configs/carlson/{row}.py",
@@ -92,24 +93,30 @@ SIZES = {
         "lm_steps": 0,
         "lm_seq_len": 0,  # 0: the config's (128, as the encoder-decoders)
         "beam_size": 0,  # 0: the config's (4)
-        "checkpoints": 4,
-        "eval_sentences": 0,  # 0: the full splits
+        "s2s_epochs": 30,  # up to 30 epochs, stopped when validation loss stops improving
+        "patience": 5,
+        "eval_every": 500,
     },
 }
 
-GRID = ("rows", "methods")  # settings that only choose cells
+# The protocol's settings per budget (the command line changes them); 0 joins each grid.
+PROTOCOL = {
+    "lambdas": {"cpu": (0.1, 0.2, 0.3), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
+    "length_rewards": {"cpu": (), "gpu": (0.5, 1.0)},
+    "val_sample": {"cpu": 500, "gpu": 0},
+    "test_sample": {"cpu": 1000, "gpu": 0},
+    "sample_seed": {"cpu": 0, "gpu": 0},
+    "seeds": {"cpu": (0,), "gpu": (0, 1, 2)},
+    "checkpoints": {"cpu": 1, "gpu": 4},
+}
+
+GRID = ("rows", "methods", "seeds")  # settings that only choose cells
 
 
 def defaults(budget: str) -> dict[str, Any]:
     """The settings of a budget, which the command line can change."""
-    sizes = SIZES[budget]
-    return {
-        "rows": tuple(ROWS),
-        "methods": METHODS,
-        "lambdas": (0.1, 0.2, 0.3, 0.5),  # shallow fusion's LM weight λ
-        "eval_sentences": sizes["eval_sentences"],
-        "checkpoints": sizes["checkpoints"],
-    }
+    return {"rows": tuple(ROWS), "methods": METHODS,
+            **{name: values[budget] for name, values in PROTOCOL.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +128,10 @@ class Plan:
     lm_overrides: tuple[str, ...]
     s2s_overrides: tuple[str, ...]
     checkpoints: int  # kept per encoder-decoder, chosen among on validation BLEU
-    lambdas: tuple[float, ...]
-    eval_sentences: int  # first N validation / test pairs in file order (0: all)
+    grids: dict[str, tuple[float, ...]]  # shallow fusion's weights: 'lm' λ, 'length_reward' β
+    val_sample: int  # seeded samples (0: the whole split)
+    test_sample: int
+    sample_seed: int
 
     def s2s_spec(self, row: str) -> str:
         return self.s2s_config.format(row=row)
@@ -137,8 +146,11 @@ def plan(budget: str, settings: dict[str, Any]) -> Plan:
         lm_overrides=lm,
         s2s_overrides=s2s,
         checkpoints=settings["checkpoints"],
-        lambdas=settings["lambdas"],
-        eval_sentences=settings["eval_sentences"],
+        grids={"lm": tuple(settings["lambdas"]),
+               "length_reward": tuple(settings["length_rewards"])},
+        val_sample=settings["val_sample"],
+        test_sample=settings["test_sample"],
+        sample_seed=settings["sample_seed"],
     )
 
 
@@ -146,16 +158,18 @@ def plan(budget: str, settings: dict[str, Any]) -> Plan:
 # The runs: configs and overrides (budget sizes, then the user's, then what defines the run)
 
 
-def s2s_run(ctx: RunContext, plan: Plan, row: str) -> TrainRun:
-    """The row's encoder-decoder."""
+def s2s_run(ctx: RunContext, plan: Plan, row: str, seed: int = 0) -> TrainRun:
+    """The row's encoder-decoder, trained with `seed` (0: the config's own)."""
     spec = plan.s2s_spec(row)
     base = plan.s2s_overrides
     user = user_overrides(ctx, spec, base)
     source, target = ROWS[row]
-    defining = (override("data.source", source), override("data.target", target))
+    defining = (override("data.source", source), override("data.target", target),
+                *([override("seed", seed)] if seed else []))
     overrides = (*base, *cadence(spec, (*base, *user), plan.checkpoints), *user,
                  *pin_tokenizer(_data(ctx, plan, row)), *defining)
-    return TrainRun(spec, str(ctx.workdir / f"s2s_{row}"), overrides)
+    return TrainRun(spec, str(ctx.workdir / f"s2s_{row}{f'_s{seed}' if seed else ''}"),
+                    overrides)
 
 
 def lm_run(ctx: RunContext, plan: Plan, row: str) -> TrainRun:
@@ -193,32 +207,38 @@ def describe_task(plan: Plan, rows: Sequence[str], ctx: RunContext) -> str:
 # Cells: (row, method) -> scores
 
 
-def cell_key(row: str, method: str) -> str:
-    return f"{row}-{method}"
+def cell_key(row: str, method: str, seed: int = 0) -> str:
+    return f"{row}-{method}{f'-s{seed}' if seed else ''}"
 
 
-def build_cells(plan: Plan, rows: Sequence[str], methods: Sequence[str]) -> list[Cell]:
-    """One cell per (row, method), in the paper's row order, 'none' first within a row."""
+def build_cells(plan: Plan, rows: Sequence[str], methods: Sequence[str],
+                seeds: Sequence[int] = (0,)) -> list[Cell]:
+    """One cell per (row, seed, method), in the paper's row order, 'none' first."""
     cells = []
     for row in (r for r in ROWS if r in rows):
         source, target = ROWS[row]
-        for method in (m for m in METHODS if m in methods):
-            labels = {"row": row, "source": source, "target": target, "method": method}
-            cells.append(Cell(cell_key(row, method), labels, _cell_function(plan, row, method)))
+        for seed in seeds:
+            for method in (m for m in METHODS if m in methods):
+                labels = {"row": row, "source": source, "target": target, "method": method,
+                          "seed": seed}
+                cells.append(Cell(cell_key(row, method, seed), labels,
+                                  _cell_function(plan, row, method, seed)))
     return cells
 
 
-def _cell_function(plan: Plan, row: str, method: str):
+def _cell_function(plan: Plan, row: str, method: str, seed: int):
     def evaluation(ctx: RunContext) -> Evaluation:
-        return Evaluation(plan.eval_sentences, ctx.workdir / "eval" / row)
+        return Evaluation(plan.val_sample, plan.test_sample, plan.sample_seed,
+                          ctx.workdir / "eval" / row)
 
     def plain(ctx: RunContext) -> dict[str, Any]:
-        return plain_cell(ctx, evaluation(ctx), s2s_run(ctx, plan, row), cell_key(row, method))
+        return plain_cell(ctx, evaluation(ctx), s2s_run(ctx, plan, row, seed),
+                          cell_key(row, method, seed))
 
     def fused(ctx: RunContext) -> dict[str, Any]:
         lm = trained_lm(ctx, lm_run(ctx, plan, row))
-        return decode_time_cell(ctx, evaluation(ctx), s2s_run(ctx, plan, row), lm, method,
-                                plan.lambdas, cell_key(row, method))
+        return decode_time_cell(ctx, evaluation(ctx), s2s_run(ctx, plan, row, seed), lm, method,
+                                plan.grids, cell_key(row, method, seed))
 
     return plain if method == "none" else fused
 
@@ -233,10 +253,11 @@ def _cell_function(plan: Plan, row: str, method: str):
 #   <results>/carlson_table.csv  the same, one row per cell (failed cells: status, error, no
 #                                numbers), with the signature, device, budget and date per row
 
-COLUMNS = ("row", "source", "target", "method", "status", "step", "lambda", "test_bleu",
-           "test_pinc", "test_chrf", "copy_bleu", "copy_pinc", "val_bleu", "lm_perplexity",
-           "test_sentences", "wall_seconds", "bleu_signature", "device", "budget", "date",
-           "error", "commands")
+COLUMNS = ("row", "source", "target", "method", "seed", "status", "step", "weights",
+           "test_bleu", "test_bleu_ci", "delta_none", "p_none", "delta_copy", "p_copy",
+           "test_pinc", "test_chrf", "test_length_ratio", "copy_bleu", "copy_pinc", "val_bleu",
+           "lm_perplexity", "test_sentences", "train_steps", "train_epochs", "wall_seconds",
+           "bleu_signature", "device", "budget", "date", "error", "commands")
 SYSTEMS = {"none": "seq2seq", "shallow": "seq2seq + LM (shallow fusion)"}
 
 
@@ -257,65 +278,73 @@ def cell_row(record: CellRecord, report: Report) -> dict[str, str]:
            "budget": report.study.budget, "date": report.date,
            "wall_seconds": round(record.seconds + v.get("attributed_seconds", 0.0), 1)}
     if record.status == OK:
-        test = v["test"]
-        row.update(step=v["step"], val_bleu=v["val"]["bleu"], test_bleu=test["bleu"],
-                   test_pinc=test["pinc"], test_chrf=test["chrf"], copy_bleu=test["copy_bleu"],
+        test, confidence = v["test"], v["confidence"]
+        fused = record.labels["method"] != "none"
+        row.update(step=v["step"], weights=tables.weights_text(v.get("weights")),
+                   val_bleu=v["val"]["bleu"], test_bleu=test["bleu"],
+                   test_bleu_ci=confidence["copy"]["system"]["bleu_ci"],
+                   delta_none=_delta(confidence["none"]) if fused else None,
+                   p_none=confidence["none"]["system"]["bleu_p"] if fused else None,
+                   delta_copy=_delta(confidence["copy"]),
+                   p_copy=confidence["copy"]["system"]["bleu_p"],
+                   test_pinc=test["pinc"], test_chrf=test["chrf"],
+                   test_length_ratio=test["length_ratio"], copy_bleu=test["copy_bleu"],
                    copy_pinc=test["copy_pinc"], lm_perplexity=v["lm_perplexity"],
-                   test_sentences=test["num_sentences"], bleu_signature=v["bleu_signature"],
-                   device=v["device"], commands=" && ".join(v["commands"]))
-        row["lambda"] = v["lambda"]
+                   test_sentences=test["num_sentences"],
+                   train_steps=(v.get("training") or {}).get("steps"),
+                   train_epochs=(v.get("training") or {}).get("epochs"),
+                   bleu_signature=v["bleu_signature"], device=v["device"],
+                   commands=" && ".join(v["commands"]))
     return {k: tables.fmt(row.get(k)) for k in COLUMNS}
 
 
+def _delta(compared: dict[str, Any]) -> float:
+    return compared["system"]["bleu"] - compared["baseline"]["bleu"]
+
+
 def markdown(report: Report, task: str) -> str:
-    settings = report.study.settings
     lines = [
         f"# Carlson et al. 2018 rows, with and without LM fusion ({report.study.budget} budget)",
         "",
         f"- Task: {task}",
         *tables.header_lines(report),
         "- Systems: `none` is the row's encoder-decoder alone; `shallow` adds λ times the "
-        "log-probabilities of a Transformer LM of the target version's training text in beam "
-        "search. The checkpoint (of those kept) and λ (over "
-        f"{', '.join(f'{x:g}' for x in settings.get('lambdas', ()))}) are chosen on validation "
-        "BLEU; test is decoded once, at the choice.",
+        "log-probabilities of a Transformer LM of the target version's training text (and β "
+        "per output token) in beam search.",
+        *tables.protocol_lines(report),
         "- copy BLEU / copy PINC: the source copied as the output (PINC 0 by definition), the "
         "baseline a style-transfer model has to beat.",
-        *_public_note(report),
         "- Wall time: the cell's own work; `none` counts its encoder-decoder's training and "
         "checkpoint choice, which `shallow` reuses; the LMs are listed below.",
         "",
-        "| row | system | choice | BLEU | PINC | chrF | copy BLEU | copy PINC | val BLEU | "
-        "LM ppl | wall s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | seed | system | choice | BLEU | Δ none | Δ copy | PINC | chrF | len ratio | "
+        "copy BLEU | copy PINC | val BLEU | LM ppl | steps | epochs | train s | wall s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in report.records:
-        head = f"| {_row_name(record.labels)} | {SYSTEMS[record.labels['method']]} "
+        head = (f"| {_row_name(record.labels)} | {record.labels['seed']} | "
+                f"{SYSTEMS[record.labels['method']]} ")
         if record.status != OK:
-            lines.append(head + f"| {tables.not_finished(record)} | | | | | | | | |")
+            lines.append(head + f"| {tables.not_finished(record)} |" + " |" * 14)
             continue
         v = record.values
-        choice = f"step {v['step']}" + (f", λ {v['lambda']:g}" if v["lambda"] is not None else "")
-        cells = [choice, *(tables.score(record, "test", k) for k in
-                           ("bleu", "pinc", "chrf", "copy_bleu", "copy_pinc")),
+        choice = f"step {v['step']}"
+        if v.get("weights"):
+            choice += f"; {tables.weights_text(v['weights'])}"
+        cells = [choice, tables.bleu_interval(record), tables.difference(record, "none"),
+                 tables.difference(record, "copy"),
+                 *(tables.score(record, "test", k) for k in
+                   ("pinc", "chrf", "length_ratio", "copy_bleu", "copy_pinc")),
                  tables.score(record, "val", "bleu"),
                  f"{v['lm_perplexity']:.2f}" if v["lm_perplexity"] is not None else "",
+                 *tables.training_cells(record),
                  tables.fmt(round(record.seconds + v.get("attributed_seconds", 0.0), 1))]
         lines.append(head + "| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += tables.seed_summary_lines(report, ("row", "method"))
     lines += tables.shared_models_lines(report)
     lines += tables.commands_lines(report)
     return "\n".join(lines)
-
-
-def _public_note(report: Report) -> list[str]:
-    """Public rows pair each verse with every other version, verse by verse: a subset of
-    the first N pairs holds fewer verses than N."""
-    public = any(r.labels["source"] == "public" for r in report.records)
-    if not public or not report.study.settings.get("eval_sentences"):
-        return []
-    return ["- public rows: their evaluation pairs come verse by verse, each verse paired from "
-            "every other English version, so the first N pairs cover about N/6 verses."]
 
 
 def _row_name(labels: dict[str, Any]) -> str:
@@ -334,21 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "paper's order)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
                         help=f"systems to run, of {' '.join(METHODS)} (default: both)")
-    runner.add_selection_flags(parser, "shallow fusion's λ grid, chosen on validation",
-                               eval_sentences="cpu 200, gpu 0", checkpoints="cpu 1, gpu 4")
+    runner.add_protocol_flags(parser, PROTOCOL, ("lambdas", "length_rewards"))
     return parser
 
 
 def make_study(args: argparse.Namespace) -> Study:
     settings = runner.settings_from(args, defaults(args.budget))
-    runner.check_at_least(settings, {"checkpoints": 1, "eval_sentences": 0})
+    runner.check_protocol(settings)
     sizes = plan(args.budget, settings)
     rows = [r for r in ROWS if r in settings["rows"]]
     return Study(
         name=NAME,
         budget=args.budget,
         settings=settings,
-        cells=build_cells(sizes, rows, settings["methods"]),
+        cells=build_cells(sizes, rows, settings["methods"], settings["seeds"]),
         report=lambda report: write_report(report, describe_task(sizes, rows, report.context)),
         grid_settings=GRID,
         check=lambda context: check_overrides(sizes, rows, context),

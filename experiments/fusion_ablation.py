@@ -6,7 +6,8 @@
 
 Grid: parallel-data fraction {1, 5, 20, 100}% of the training pairs (`data.train_fraction`, a
 fixed subset, smaller fractions inside larger ones) x method {none, shallow, density_ratio,
-ilme, deep, cold, simple_postnorm, simple_prenorm, linear} x backbone {transformer, rnn}, on
+ilme, rescore, deep, cold, simple_postnorm, simple_prenorm, linear, lm_prior} x backbone
+{transformer, rnn} x training seed (--seeds), on
 Bible style transfer YLT -> ASV (configs/s2s_transformer.py and configs/s2s_rnn.py). The LM is
 configs/lm_transformer.py on all ASV training text, for both backbones (the fused models take
 any decoder-only LM; a Transformer LM with an RNN encoder-decoder trains and decodes). The
@@ -22,9 +23,10 @@ Models, as `lmfuse train` runs (each one a workdir under the study's workdir):
     s2s_<backbone>_f<p>             the plain encoder-decoder ('none'): the base that shallow,
                                     density-ratio and ILME decoding fuse, and the model that
                                     deep and linear fusion start from (its last checkpoint)
-    <method>_<backbone>_f<p>        a trained fusion (configs/fusion.py:<method>): cold and
-                                    simple_* from scratch with the frozen LM, deep and linear
-                                    from s2s_<backbone>_f<p>
+    <method>_<backbone>_f<p>        a trained fusion (configs/fusion.py:<method>): cold,
+                                    simple_* and lm_prior from scratch with the frozen LM, deep
+                                    and linear from s2s_<backbone>_f<p>
+    ..._s<n>                        the same with training seed n (seed 0 has no suffix)
 
 On the Bible corpus the LMs read the lm view of the target version (`data.versions`), whose
 `data.train_fraction` keeps exactly the verses the translate view keeps (the same fixed
@@ -33,10 +35,22 @@ permutation over the same verse list), and every model gets the tokenizer of
 parallel files, written out as text, and every model is pinned to the encoder-decoder's
 tokenizer (`tokenizer.model_file`), so all of them share one vocabulary.
 
-Selection uses validation only: a trained model's checkpoint (every kept one is decoded) and a
-decode-time method's λ (the grid; ILME's μ and density ratio's λ2 are tied to λ, as
-`lmfuse translate` defaults them) are chosen by validation BLEU, then the test set is decoded
-once at the choice. Every validation point is kept in the cell's result.
+Every model trained from scratch has an epoch budget over its own fraction's pairs, with
+early stopping on validation loss (`train.epochs`, `train.patience`), so small fractions are
+not undertrained nor large ones cut short; each row reports the steps, epochs and training
+time its model took. Deep and linear fusion fine-tune for the budget's steps.
+
+The protocol is `lmfuse.evaluate.protocol`'s. Selection reads a seeded validation sample
+spread over every book (--val_sample) and nothing else: a trained model's checkpoint (the one
+of best validation loss when it stopped early, else the best BLEU of those kept) and a
+decode-time method's weights (every combination of the grids of λ,
+λ_src, μ and β its formula has, each grid with 0 added, so the plain decode is always a
+candidate) are chosen by validation BLEU. The test sample (--test_sample, 0: the whole split)
+is decoded once at the choice and compared, by sacrebleu's paired bootstrap, with the plain
+model of its fraction, backbone and seed (`none`) and with copying the source. Every validation
+point is kept in the cell's result; every sample's verse ids are written under <workdir>/eval.
+Density ratio at 100% data would use the target LM twice (λ log p_LM − λ_src log p_LM is
+shallow fusion with λ − λ_src): the cell is marked N/A and not run.
 
 Run it from the repository root (config paths are relative to it). Rerunning resumes: finished
 cells are skipped, trained models reused, failed cells retried.
@@ -77,49 +91,71 @@ from lib.shared_models import (
 )
 
 from lmfuse.errors import LmfuseError
+from lmfuse.evaluate import protocol
 
 NAME = "fusion_ablation"
 
-DECODE_TIME = ("shallow", "density_ratio", "ilme")
-TRAINED = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear")
+DECODE_TIME = ("shallow", "density_ratio", "ilme", "rescore")
+TRAINED = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear", "lm_prior")
 PRETRAINED_S2S = ("deep", "linear")  # start from the plain encoder-decoder
 METHODS = ("none", *DECODE_TIME, *TRAINED)
 BACKBONES = {"transformer": "configs/s2s_transformer.py", "rnn": "configs/s2s_rnn.py"}
 LM_CONFIG = "configs/lm_transformer.py"
 
 
-# Every size of both budgets, in one place. `cpu`: the tiny configs with few steps and the
-# first `eval_sentences` verses of validation and test: about 40 minutes per (fraction,
-# backbone) on a 2-core CPU, so a fraction or two at a time (`--fractions 5`) rather than
-# the 72-cell grid at once. `gpu`: the full configs and the full splits.
+# Every size of both budgets, in one place. `cpu`: the tiny configs trained in epochs with early
+# stopping, a 500-verse validation sample and a 1000-verse test sample: one to several hours
+# per (fraction, backbone) on a 2-core CPU (the larger the fraction, the more steps an epoch),
+# so a fraction at a time (`--fractions 5`) rather than the whole grid at once. `gpu`: the full
+# configs and the full splits.
 SIZES = {
     "cpu": {
         "variant": "tiny",
         "lm_steps": 300,  # configs/lm_transformer.py:tiny
         "lm_seq_len": 96,  # as long as the tiny encoder-decoders' outputs (tiny LM: 64)
-        "s2s_steps": 250,  # every encoder-decoder trained from scratch (tiny config: 400)
+        "s2s_steps": 0,  # 0: the epoch budget below
+        # Every encoder-decoder trained from scratch: up to 20 epochs of its fraction's pairs,
+        # stopped once validation loss (every 50 steps) has not improved 3 times in a row.
+        "s2s_epochs": 20,
+        "patience": 3,
+        "eval_every": 50,
         "deep_steps": 100,  # deep / linear fusion, from the plain encoder-decoder
         "linear_steps": 100,
         "rnn_step_scale": 2,  # the tiny RNN's batches are 16 rows, the Transformer's 32
         "beam_size": 4,
-        "checkpoints": 2,  # kept per encoder-decoder, chosen between on validation BLEU
-        "eval_sentences": 100,  # first N verses of validation and of test
     },
     "gpu": {
         "variant": None,
         "lm_steps": 0,  # 0: the config's (lm 20k, s2s 40k, deep 10k, linear 5k steps)
         "lm_seq_len": 0,  # 0: the config's (128, as the encoder-decoders)
         "s2s_steps": 0,
-        "deep_steps": 0,
+        "s2s_epochs": 30,
+        "patience": 5,
+        "eval_every": 500,
+        "deep_steps": 0,  # 0: the epoch budget with early stopping, as every model
         "linear_steps": 0,
         "rnn_step_scale": 1,  # the full configs' batches are the same size
         "beam_size": 0,  # 0: the config's (4)
-        "checkpoints": 4,
-        "eval_sentences": 0,  # 0: the full splits
     },
 }
 
-GRID = ("fractions", "methods", "backbones")  # settings that only choose cells
+# The protocol's settings per budget (the command line changes them). Each weight grid gets 0
+# added; a method's candidates are every combination of the grids its formula has.
+PROTOCOL = {
+    "lambdas": {"cpu": (0.1, 0.2, 0.3), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
+    "source_lm_weights": {"cpu": (0.1, 0.3), "gpu": (0.1, 0.2, 0.3)},
+    "ilm_weights": {"cpu": (0.1, 0.3), "gpu": (0.1, 0.2, 0.3)},
+    "length_rewards": {"cpu": (), "gpu": (0.5, 1.0)},
+    "val_sample": {"cpu": 500, "gpu": 0},
+    "test_sample": {"cpu": 1000, "gpu": 0},
+    "sample_seed": {"cpu": 0, "gpu": 0},
+    "seeds": {"cpu": (0,), "gpu": (0, 1, 2)},
+    "checkpoints": {"cpu": 2, "gpu": 4},
+}
+WEIGHT_GRIDS = {"lambdas": "lm", "source_lm_weights": "source_lm", "ilm_weights": "ilm",
+                "length_rewards": "length_reward"}
+
+GRID = ("fractions", "methods", "backbones", "seeds")  # settings that only choose cells
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +167,10 @@ class Plan:
     s2s_overrides: tuple[str, ...]  # for every encoder-decoder, fused or not
     method_steps: dict[str, int]  # train.steps of deep / linear fusion (0: the config's)
     checkpoints: int  # checkpoints kept per encoder-decoder, chosen among on validation
-    lambdas: tuple[float, ...]
-    eval_sentences: int  # first N validation / test pairs in file order (0: all)
+    grids: dict[str, tuple[float, ...]]  # decode-time weight -> its grid (0 added when used)
+    val_sample: int  # seeded validation sample (0: all)
+    test_sample: int  # seeded test sample (0: all)
+    sample_seed: int
     # Steps multiplier per backbone, so backbones whose configs train smaller batches see as
     # many tokens as the others (the tiny RNN trains 16 rows a step, the Transformer 32).
     step_scale: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -146,14 +184,11 @@ class Plan:
 
 def defaults(budget: str) -> dict[str, Any]:
     """The settings of a budget, which the command line can change."""
-    sizes = SIZES[budget]
     return {
         "fractions": (1.0, 5.0, 20.0, 100.0),  # % of the training pairs
         "methods": METHODS,
         "backbones": tuple(BACKBONES),
-        "lambdas": (0.1, 0.2, 0.3, 0.5),  # decode-time LM weight λ (ILME μ and DR λ2 = λ)
-        "eval_sentences": sizes["eval_sentences"],
-        "checkpoints": sizes["checkpoints"],
+        **{name: values[budget] for name, values in PROTOCOL.items()},
     }
 
 
@@ -169,8 +204,10 @@ def plan(budget: str, settings: dict[str, Any]) -> Plan:
         s2s_overrides=s2s,
         method_steps={"deep": sizes["deep_steps"], "linear": sizes["linear_steps"]},
         checkpoints=settings["checkpoints"],
-        lambdas=settings["lambdas"],
-        eval_sentences=settings["eval_sentences"],
+        grids={weight: tuple(settings[name]) for name, weight in WEIGHT_GRIDS.items()},
+        val_sample=settings["val_sample"],
+        test_sample=settings["test_sample"],
+        sample_seed=settings["sample_seed"],
         step_scale={"rnn": sizes["rnn_step_scale"]},
     )
 
@@ -183,17 +220,23 @@ def fraction_label(percent: float) -> str:
     return f"f{percent:g}"
 
 
-def cell_key(percent: float, backbone: str, method: str) -> str:
-    return f"{fraction_label(percent)}-{backbone}-{method}"
+def seed_suffix(seed: int, separator: str) -> str:
+    """'' for seed 0 (the configs' own seed), else e.g. '-s1'."""
+    return f"{separator}s{seed}" if seed else ""
+
+
+def cell_key(percent: float, backbone: str, method: str, seed: int = 0) -> str:
+    return f"{fraction_label(percent)}-{backbone}-{method}{seed_suffix(seed, '-')}"
 
 
 def _evaluation(ctx: RunContext, plan: Plan) -> Evaluation:
-    return Evaluation(plan.eval_sentences, ctx.workdir / "eval")
+    return Evaluation(plan.val_sample, plan.test_sample, plan.sample_seed, ctx.workdir / "eval")
 
 
 def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
-            method: str = "none") -> TrainRun:
-    """The plain encoder-decoder of a fraction and backbone, or (method) a trained fusion."""
+            method: str = "none", seed: int = 0) -> TrainRun:
+    """The plain encoder-decoder of a fraction, backbone and training seed, or (method) a
+    trained fusion."""
     spec = plan.spec(BACKBONES[backbone])
     base = plan.s2s_overrides
     if method in TRAINED:
@@ -201,16 +244,19 @@ def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     base += _scaled_steps(plan, spec, backbone, base)
     user = user_overrides(ctx, spec, base)
     defining = [override("data.train_fraction", percent / 100)]
+    if seed:
+        defining.append(override("seed", seed))
     if method in TRAINED:
         defining += [override("fusion.method", method),
                      override("fusion.lm_workdir", lm_run(ctx, plan, None).workdir)]
         if method in PRETRAINED_S2S:
             defining.append(override("fusion.s2s_workdir",
-                                     s2s_run(ctx, plan, percent, backbone).workdir))
+                                     s2s_run(ctx, plan, percent, backbone, seed=seed).workdir))
     name = f"s2s_{backbone}" if method == "none" else f"{method}_{backbone}"
     overrides = (*base, *cadence(spec, (*base, *user), plan.checkpoints), *user,
                  *pin_tokenizer(_data(ctx, plan)), *defining)
-    return TrainRun(spec, str(ctx.workdir / f"{name}_{fraction_label(percent)}"), overrides)
+    workdir = ctx.workdir / f"{name}_{fraction_label(percent)}{seed_suffix(seed, '_')}"
+    return TrainRun(spec, str(workdir), overrides)
 
 
 def _recipe(plan: Plan, method: str) -> tuple[str, ...]:
@@ -222,18 +268,21 @@ def _recipe(plan: Plan, method: str) -> tuple[str, ...]:
 
     rate = load_config(plan.spec(f"configs/fusion.py:{method}")).optimizer.learning_rate
     steps = plan.method_steps.get(method, 0)
-    return (override("optimizer.learning_rate", rate),
-            *([override("train.steps", steps)] if steps else []))
+    # A budget's fine-tuning steps replace the epoch budget (and its early stopping).
+    budget = (override("train.steps", steps), override("train.epochs", 0),
+              override("train.patience", 0), override("train.eval_every", 0)) if steps else ()
+    return (override("optimizer.learning_rate", rate), *budget)
 
 
 def _scaled_steps(plan: Plan, spec: str, backbone: str, base: tuple[str, ...]
                   ) -> tuple[str, ...]:
-    scale = plan.step_scale.get(backbone, 1)
-    if scale == 1:
-        return ()
     from lmfuse.config import load_config
 
-    return (override("train.steps", scale * load_config(spec, base).train.steps),)
+    scale = plan.step_scale.get(backbone, 1)
+    train = load_config(spec, base).train
+    if scale == 1 or train.epochs:  # an epoch is an epoch, whatever the batch
+        return ()
+    return (override("train.steps", scale * train.steps),)
 
 
 def lm_run(ctx: RunContext, plan: Plan, percent: float | None) -> TrainRun:
@@ -279,9 +328,14 @@ def check_overrides(plan: Plan, context: RunContext) -> None:
 # Cells: (parallel-data fraction, backbone, method) -> scores
 
 
+SAME_LM_TWICE = ("at 100% data the source LM is the target LM, and λ log p_LM − λ_src log p_LM "
+                 "is shallow fusion with λ − λ_src")
+
+
 def build_cells(plan: Plan, fractions: Sequence[float], backbones: Sequence[str],
-                methods: Sequence[str]) -> list[Cell]:
-    """One cell per (fraction, backbone, method), fraction-major, 'none' first within each."""
+                methods: Sequence[str], seeds: Sequence[int] = (0,)) -> list[Cell]:
+    """One cell per (fraction, backbone, seed, method), fraction-major, 'none' first within
+    each; density ratio at 100% is N/A (the same LM twice)."""
     for p in fractions:
         if not 0 < p <= 100:
             raise LmfuseError(f"fraction {p:g} is not a percentage in (0, 100]")
@@ -289,52 +343,58 @@ def build_cells(plan: Plan, fractions: Sequence[float], backbones: Sequence[str]
     cells = []
     for percent in fractions:
         for backbone in backbones:
-            for method in ordered:
-                labels = {"fraction": percent, "backbone": backbone, "method": method}
-                cells.append(Cell(cell_key(percent, backbone, method), labels,
-                                  _cell_function(plan, percent, backbone, method)))
+            for seed in seeds:
+                for method in ordered:
+                    labels = {"fraction": percent, "backbone": backbone, "method": method,
+                              "seed": seed}
+                    same_lm = method == "density_ratio" and percent == 100
+                    cells.append(Cell(cell_key(percent, backbone, method, seed), labels,
+                                      _cell_function(plan, percent, backbone, method, seed),
+                                      not_applicable=SAME_LM_TWICE if same_lm else ""))
     return cells
 
 
-def _cell_function(plan: Plan, percent: float, backbone: str, method: str):
+def _cell_function(plan: Plan, percent: float, backbone: str, method: str, seed: int):
     if method == "none":
-        return lambda ctx: _plain_cell(ctx, plan, percent, backbone)
+        return lambda ctx: _plain_cell(ctx, plan, percent, backbone, seed)
     if method in DECODE_TIME:
-        return lambda ctx: _decode_time_cell(ctx, plan, percent, backbone, method)
-    return lambda ctx: _trained_cell(ctx, plan, percent, backbone, method)
+        return lambda ctx: _decode_time_cell(ctx, plan, percent, backbone, method, seed)
+    return lambda ctx: _trained_cell(ctx, plan, percent, backbone, method, seed)
 
 
-def _plain_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str) -> dict[str, Any]:
-    return plain_cell(ctx, _evaluation(ctx, plan), s2s_run(ctx, plan, percent, backbone),
-                      cell_key(percent, backbone, "none"))
+def _plain_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str, seed: int
+                ) -> dict[str, Any]:
+    return plain_cell(ctx, _evaluation(ctx, plan), s2s_run(ctx, plan, percent, backbone, seed=seed),
+                      cell_key(percent, backbone, "none", seed))
 
 
 def _decode_time_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
-                      method: str) -> dict[str, Any]:
+                      method: str, seed: int) -> dict[str, Any]:
     lm = trained_lm(ctx, lm_run(ctx, plan, None))
-    run = s2s_run(ctx, plan, percent, backbone)
+    run = s2s_run(ctx, plan, percent, backbone, seed=seed)
     evaluation = _evaluation(ctx, plan)
     chosen_checkpoint(ctx, evaluation, run)  # the base model before the source LM, as listed
     source_lm = _source_lm(ctx, plan, percent) if method == "density_ratio" else None
-    return decode_time_cell(ctx, evaluation, run, lm, method, plan.lambdas,
-                            cell_key(percent, backbone, method), source_lm)
+    return decode_time_cell(ctx, evaluation, run, lm, method, plan.grids,
+                            cell_key(percent, backbone, method, seed), source_lm)
 
 
 def _trained_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
-                  method: str) -> dict[str, Any]:
+                  method: str, seed: int) -> dict[str, Any]:
     lm = trained_lm(ctx, lm_run(ctx, plan, None))
     commands = [lm["command"]]
-    if method in PRETRAINED_S2S:
-        base = s2s_run(ctx, plan, percent, backbone)
-        trained(ctx, base)
-        commands.append(base.command())
-    run = s2s_run(ctx, plan, percent, backbone, method)
-    ensure_trained(run)  # the cell's own training
+    base = s2s_run(ctx, plan, percent, backbone, seed=seed)  # `none`: the row's baseline
     evaluation = _evaluation(ctx, plan)
+    chosen_checkpoint(ctx, evaluation, base)
+    if method in PRETRAINED_S2S:
+        commands.append(base.command())
+    run = s2s_run(ctx, plan, percent, backbone, method, seed)
+    ensure_trained(run)  # the cell's own training
     chosen = selection(ctx, evaluation, run)
     values = finish(ctx, evaluation, run, chosen["step"], None,
                     point(chosen["points"], "step", chosen["step"]), chosen["points"],
-                    [*commands, run.command()], key=cell_key(percent, backbone, method))
+                    [*commands, run.command()], key=cell_key(percent, backbone, method, seed),
+                    baseline=base)
     values["lm_perplexity"] = lm["perplexity"]
     return values
 
@@ -360,11 +420,13 @@ def describe_task(plan: Plan, ctx: RunContext) -> str:
 #   <results>/fusion_ablation_lambda.png  validation BLEU against λ, per decode-time method, one
 #                                         panel per (backbone, fraction)
 
-COLUMNS = ("fraction", "backbone", "method", "status", "lambda", "step", "val_bleu", "val_pinc",
-           "test_bleu", "test_chrf", "test_pinc", "lm_perplexity", "val_perplexity",
-           "wall_seconds", "error", "commands")
-SWEEP_COLUMNS = ("fraction", "backbone", "method", "kind", "value", "chosen", "val_bleu",
-                 "val_chrf", "val_pinc", "val_perplexity")
+COLUMNS = ("fraction", "backbone", "method", "seed", "status", "weights", "step", "val_bleu",
+           "val_pinc", "test_bleu", "test_bleu_ci", "delta_none", "p_none", "delta_copy",
+           "p_copy", "test_chrf", "test_pinc", "test_length_ratio", "lm_perplexity",
+           "val_perplexity", "train_steps", "train_epochs", "train_seconds", "wall_seconds",
+           "error", "commands")
+SWEEP_COLUMNS = ("fraction", "backbone", "method", "seed", "kind", "value", "chosen",
+                 "val_bleu", "val_chrf", "val_pinc", "val_length_ratio", "val_perplexity")
 
 
 def write_report(report: Report, task: str) -> list[Path]:
@@ -374,7 +436,7 @@ def write_report(report: Report, task: str) -> list[Path]:
     paths = [out / f"{NAME}.md", out / f"{NAME}.csv", out / f"{NAME}_sweeps.csv",
              out / f"{NAME}_bleu.png", out / f"{NAME}_lambda.png"]
     rows = [cell_row(r) for r in report.records]
-    paths[0].write_text(markdown(report, rows, task), encoding="utf-8")
+    paths[0].write_text(markdown(report, task), encoding="utf-8")
     paths[1].write_text(tables.csv_text(COLUMNS, rows), encoding="utf-8")
     paths[2].write_text(tables.csv_text(SWEEP_COLUMNS, sweep_rows(report.records)), encoding="utf-8")
     plot_bleu(report.records, paths[3])
@@ -382,17 +444,32 @@ def write_report(report: Report, task: str) -> list[Path]:
     return paths
 
 
+def _against(values: dict[str, Any], baseline: str) -> tuple[float | None, float | None]:
+    compared = values["confidence"][baseline]
+    return (compared["system"]["bleu"] - compared["baseline"]["bleu"],
+            compared["system"]["bleu_p"])
+
+
 def cell_row(record: CellRecord) -> dict[str, Any]:
     v, ok = record.values, record.status == OK
     row = {**record.labels, "status": record.status, "error": record.error,
            "wall_seconds": round(record.seconds + v.get("attributed_seconds", 0.0), 1)}
     if ok:
-        row.update(lambda_=v["lambda"], step=v["step"], val_bleu=v["val"]["bleu"],
-                   val_pinc=v["val"]["pinc"], test_bleu=v["test"]["bleu"],
-                   test_chrf=v["test"]["chrf"], test_pinc=v["test"]["pinc"],
+        training = v.get("training") or {}
+        delta_none, p_none = _against(v, "none")
+        delta_copy, p_copy = _against(v, "copy")
+        row.update(weights=tables.weights_text(v.get("weights")), step=v["step"],
+                   val_bleu=v["val"]["bleu"], val_pinc=v["val"]["pinc"],
+                   test_bleu=v["test"]["bleu"],
+                   test_bleu_ci=v["confidence"]["copy"]["system"]["bleu_ci"],
+                   delta_none=None if record.labels["method"] == "none" else delta_none,
+                   p_none=None if record.labels["method"] == "none" else p_none,
+                   delta_copy=delta_copy, p_copy=p_copy, test_chrf=v["test"]["chrf"],
+                   test_pinc=v["test"]["pinc"], test_length_ratio=v["test"]["length_ratio"],
                    lm_perplexity=v["lm_perplexity"], val_perplexity=v["val_perplexity"],
+                   train_steps=training.get("steps"), train_epochs=training.get("epochs"),
+                   train_seconds=training.get("wall_seconds"),
                    commands=" && ".join(v["commands"]))
-        row["lambda"] = row.pop("lambda_")
     return {k: tables.fmt(row.get(k)) for k in COLUMNS}
 
 
@@ -401,13 +478,18 @@ def sweep_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
     for record in records:
         if record.status != OK:
             continue
-        kind = "lambda" if record.labels["method"] in DECODE_TIME else "step"
-        chosen = record.values[kind]
+        decode_time = record.labels["method"] in DECODE_TIME
         for swept in record.values["sweep"]:
+            if decode_time:
+                kind, value = "weights", tables.weights_text(swept["weights"])
+                chosen = swept["weights"] == record.values["weights"]
+            else:
+                kind, value, chosen = "step", swept["step"], swept["step"] == record.values["step"]
             rows.append({k: tables.fmt(v) for k, v in {
-                **record.labels, "kind": kind, "value": swept[kind],
-                "chosen": swept[kind] == chosen, "val_bleu": swept["val"]["bleu"],
-                "val_chrf": swept["val"]["chrf"], "val_pinc": swept["val"]["pinc"],
+                **record.labels, "kind": kind, "value": value, "chosen": chosen,
+                "val_bleu": swept["val"]["bleu"], "val_chrf": swept["val"]["chrf"],
+                "val_pinc": swept["val"]["pinc"],
+                "val_length_ratio": swept["val"].get("length_ratio"),
                 "val_perplexity": swept.get("val_perplexity")}.items()})
     return rows
 
@@ -416,41 +498,45 @@ def sweep_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
 # Markdown
 
 
-def markdown(report: Report, rows: list[dict[str, str]], task: str) -> str:
+def markdown(report: Report, task: str) -> str:
     lines = [
         f"# Fusion ablation ({report.study.budget} budget)",
         "",
         f"- Task: {task}",
         *tables.header_lines(report),
-        "- Selection on validation BLEU only: the checkpoint of each trained model (every kept "
-        "one), and λ of each decode-time method over "
-        f"{', '.join(f'{x:g}' for x in report.study.settings.get('lambdas', ()))} "
-        "(ILME μ = λ, density-ratio λ2 = λ); test is decoded once, at the choice.",
+        *tables.protocol_lines(report),
         "- Decode-time methods fuse the `none` model's chosen checkpoint; deep and linear "
-        "fusion start from its last checkpoint. At 100% data the density-ratio source LM is "
-        "the target LM (same text), so density ratio is no fusion there.",
-        "- Wall time: the cell's own work (training, checkpoint choice, λ sweep, decoding); "
-        "`none` counts its encoder-decoder's training and checkpoint choice, which the "
-        "decode-time cells then reuse; the LMs are listed below.",
+        "fusion start from its last checkpoint. Density ratio at 100% data is N/A: "
+        f"{SAME_LM_TWICE}.",
+        "- Steps / epochs / train s: the cell's model's training (epochs over its fraction's "
+        "pairs); wall s: the cell's own work (training, checkpoint choice, weight sweep, "
+        "decoding); `none` counts its encoder-decoder's training and checkpoint choice, which "
+        "the decode-time cells then reuse; the LMs are listed below.",
         *copy_baseline_lines(report.records),
         "",
-        "| fraction % | backbone | method | choice | val BLEU | val PINC | test BLEU | "
-        "test chrF | test PINC | LM ppl | wall s |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| fraction % | backbone | seed | method | choice | val BLEU | test BLEU | Δ none | "
+        "Δ copy | chrF | PINC | len ratio | steps | epochs | train s | wall s |",
+        "|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for record, row in zip(report.records, rows, strict=True):
-        head = f"| {row['fraction']} | {row['backbone']} | {row['method']} "
+    for record in report.records:
+        labels = record.labels
+        head = (f"| {labels['fraction']:g} | {labels['backbone']} | {labels['seed']} | "
+                f"{labels['method']} ")
         if record.status != OK:
-            lines.append(head + f"| {tables.not_finished(record)} | | | | | | | | |")
+            lines.append(head + f"| {tables.not_finished(record)} |" + " |" * 11)
             continue
-        choice = f"step {row['step']}" + (f", λ {row['lambda']}" if row["lambda"] else "")
-        cells = [choice] + [tables.score(record, *path) for path in (
-            ("val", "bleu"), ("val", "pinc"), ("test", "bleu"), ("test", "chrf"),
-            ("test", "pinc"))]
-        lm = record.values.get("lm_perplexity")
-        cells += [f"{lm:.2f}" if lm is not None else "", row["wall_seconds"]]
+        v = record.values
+        choice = f"step {v['step']}"
+        if labels["method"] in DECODE_TIME:
+            choice += f"; {tables.weights_text(v['weights'])}"
+        cells = [choice, tables.score(record, "val", "bleu"), tables.bleu_interval(record),
+                 tables.difference(record, "none"), tables.difference(record, "copy"),
+                 *(tables.score(record, "test", k) for k in ("chrf", "pinc", "length_ratio")),
+                 *tables.training_cells(record),
+                 tables.fmt(round(record.seconds + v.get("attributed_seconds", 0.0), 1))]
         lines.append(head + "| " + " | ".join(cells) + " |")
-    lines += ["", f"![test BLEU against data fraction]({NAME}_bleu.png)", "",
+    lines += ["", *tables.seed_summary_lines(report, ("fraction", "backbone", "method")),
+              f"![test BLEU against data fraction]({NAME}_bleu.png)", "",
               f"![validation BLEU against λ]({NAME}_lambda.png)", ""]
     lines += tables.shared_models_lines(report)
     lines += tables.commands_lines(report)
@@ -490,12 +576,17 @@ def plot_bleu(records: list[CellRecord], path: Path) -> None:
     for ax, backbone in zip(axes, backbones, strict=True):
         methods = dict.fromkeys(r.labels["method"] for r in ok if r.labels["backbone"] == backbone)
         for method in methods:
-            points = sorted((r.labels["fraction"], r.values["test"]["bleu"]) for r in ok
-                            if r.labels["backbone"] == backbone and r.labels["method"] == method)
+            by_fraction: dict[float, list[float]] = {}
+            for r in ok:
+                if r.labels["backbone"] == backbone and r.labels["method"] == method:
+                    by_fraction.setdefault(r.labels["fraction"], []).append(r.values["test"]["bleu"])
+            fractions = sorted(by_fraction)
+            spread = [protocol.mean_sd(by_fraction[f]) for f in fractions]  # over seeds
             # The baseline in black, decode-time fusion solid, trained fusion dashed.
             style = ({"color": "black", "linewidth": 2.2} if method == "none" else
                      {"linestyle": "-" if method in DECODE_TIME else "--"})
-            ax.plot(*zip(*points, strict=True), marker="o", label=method, **style)
+            ax.errorbar(fractions, [m for m, _ in spread], yerr=[sd for _, sd in spread],
+                        marker="o", capsize=3, label=method, **style)
         if copy is not None:
             ax.axhline(copy["bleu"], color="gray", linestyle=":", label="copy source")
         fractions = sorted({r.labels["fraction"] for r in ok if r.labels["backbone"] == backbone})
@@ -528,12 +619,17 @@ def plot_lambda(records: list[CellRecord], path: Path) -> None:
             ax = axes[i][j]
             cells = [r for r in ok if (r.labels["backbone"], r.labels["fraction"]) == (backbone, fraction)]
             for record in cells:
-                points = sorted((p["lambda"], p["val"]["bleu"]) for p in record.values["sweep"])
+                # λ swept with every other weight at its chosen value (a slice of the grid).
+                chosen = record.values["weights"]
+                points = sorted((p["weights"]["lm"], p["val"]["bleu"])
+                                for p in record.values["sweep"]
+                                if all(p["weights"][k] == w for k, w in chosen.items()
+                                       if k != "lm"))
                 ax.plot(*zip(*points, strict=True), marker="o", label=record.labels["method"])
-                ax.plot([record.values["lambda"]], [record.values["val"]["bleu"]], marker="*",
+                ax.plot([chosen["lm"]], [record.values["val"]["bleu"]], marker="*",
                         markersize=12, color=ax.lines[-1].get_color())
             ax.set_title(f"{backbone}, {fraction:g}% data")
-            ax.set_xlabel("λ")
+            ax.set_xlabel("λ (the other weights at their choice)")
             ax.set_ylabel("validation BLEU")
             ax.grid(alpha=0.3)
             if cells:
@@ -557,18 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbones", nargs="+", choices=tuple(BACKBONES), default=None,
                         metavar="BACKBONE",
                         help=f"encoder-decoders, of {' '.join(BACKBONES)} (default: both)")
-    runner.add_selection_flags(
-        parser, "decode-time λ grid, chosen on validation; ILME μ and density-ratio λ_src = λ",
-        eval_sentences="cpu 100, gpu 0", checkpoints="cpu 2, gpu 4")
+    runner.add_protocol_flags(parser, PROTOCOL, tuple(WEIGHT_GRIDS))
     return parser
 
 
 def make_study(args: argparse.Namespace) -> Study:
     settings = runner.settings_from(args, defaults(args.budget))
-    runner.check_at_least(settings, {"checkpoints": 1, "eval_sentences": 0})
+    runner.check_protocol(settings)
     sizes = plan(args.budget, settings)
     cells = build_cells(sizes, settings["fractions"], settings["backbones"],
-                        settings["methods"])
+                        settings["methods"], settings["seeds"])
     return Study(
         name=NAME,
         budget=args.budget,

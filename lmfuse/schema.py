@@ -100,7 +100,11 @@ def optimizer_config() -> ml_collections.ConfigDict:
 
 def train_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.steps = 1000
+    c.steps = 1000  # the step budget, unless train.epochs > 0
+    # > 0: the step budget is ceil(epochs * steps_per_epoch) instead, where steps_per_epoch =
+    # the rows one pass over the training split makes (after packing, if data.pack) / the
+    # rows of a step (batch_size); counted by running the training pipeline once.
+    c.epochs = 0.0
     c.batch_size = 32  # global, in rows (packed LM rows or seq2seq pairs)
     c.accum_steps = 1  # micro-batches per step (gradient accumulation)
     c.label_smoothing = 0.0
@@ -108,6 +112,11 @@ def train_config() -> ml_collections.ConfigDict:
     c.adversarial_epsilon = 0.0  # > 0: FGSM on the input embeddings (see lmfuse.train.step)
     c.log_every = 50
     c.eval_every = 500
+    # > 0: early stopping. Stop (saving a checkpoint; the run counts as finished) once the
+    # validation loss (nll per token) has not improved on its best by more than min_delta for
+    # `patience` consecutive evaluations (every eval_every steps, which must be > 0).
+    c.patience = 0
+    c.min_delta = 0.0
     c.eval_batches = 0  # 0: the whole validation split
     c.checkpoint_every = 500
     c.keep_checkpoints = 3

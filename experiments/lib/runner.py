@@ -37,6 +37,7 @@ from lmfuse.config import split_override_args
 from lmfuse.errors import LmfuseError
 
 OK, FAILED, PENDING = "ok", "failed", "pending"  # pending: not run yet (partial reports)
+NOT_APPLICABLE = "n/a"  # equal to another cell by construction: reported, never run
 BUDGETS = ("cpu", "gpu")
 DEFAULT_RESULTS = "experiments/results"
 
@@ -45,10 +46,10 @@ DEFAULT_RESULTS = "experiments/results"
 class CellRecord:
     key: str
     labels: dict[str, Any]  # the cell's coordinates in the grid (fraction, method, ...)
-    status: str  # OK, FAILED or PENDING
+    status: str  # OK, FAILED, PENDING or NOT_APPLICABLE
     seconds: float
     values: dict[str, Any] = dataclasses.field(default_factory=dict)
-    error: str = ""  # FAILED: the one-line error
+    error: str = ""  # FAILED: the one-line error; NOT_APPLICABLE: why
 
 
 @dataclasses.dataclass
@@ -82,6 +83,9 @@ class Cell:
     key: str  # unique and file-name safe, e.g. 'f5-transformer-shallow'
     labels: dict[str, Any]  # its coordinates in the grid, for tables
     run: Callable[[RunContext], dict[str, Any]]  # -> the result values
+    # Set when the cell equals another by construction (e.g. density ratio with the same LM
+    # twice is no fusion): the report marks it N/A with this reason, and it is never run.
+    not_applicable: str = ""
 
 
 @dataclasses.dataclass
@@ -187,7 +191,9 @@ def run_study(
         return records
     records = _run_cells(study, context, ledger, results_dir, command)
     failed = sum(r.status == FAILED for r in records)
-    print(f"{study.name}: {len(records) - failed}/{len(records)} cells ok"
+    skipped = sum(r.status == NOT_APPLICABLE for r in records)
+    print(f"{study.name}: {len(records) - failed - skipped}/{len(records)} cells ok"
+          + (f", {skipped} N/A" if skipped else "")
           + (f", {failed} failed (tracebacks in {ledger.cells}/*.log)" if failed else ""))
     return records
 
@@ -208,6 +214,10 @@ def _run_cells(study: Study, context: RunContext, ledger: Ledger, results_dir: P
     total = len(study.cells)
     for index, cell in enumerate(study.cells, 1):
         head = f"[{index}/{total}] {cell.key}"
+        if cell.not_applicable:
+            print(f"{head}: N/A ({cell.not_applicable})", flush=True)
+            records.append(_pending(cell))
+            continue
         done = ledger.read(cell.key)
         if done is not None and done.status == OK:
             print(f"{head}: skipped (finished in {done.seconds:.1f}s)", flush=True)
@@ -225,6 +235,10 @@ def _run_cells(study: Study, context: RunContext, ledger: Ledger, results_dir: P
 
 
 def _pending(cell: Cell) -> CellRecord:
+    """The record of a cell not run (yet), or never run because it is N/A."""
+    if cell.not_applicable:
+        return CellRecord(cell.key, dict(cell.labels), NOT_APPLICABLE, 0.0,
+                          error=cell.not_applicable)
     return CellRecord(cell.key, dict(cell.labels), PENDING, 0.0)
 
 
@@ -282,18 +296,64 @@ def study_parser(name: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_selection_flags(parser: argparse.ArgumentParser, lambdas: str, eval_sentences: str,
-                        checkpoints: str) -> None:
-    """--lambdas, --eval_sentences and --checkpoints: what a study selects on validation and
-    scores on; each help text ends with the study's own defaults."""
-    parser.add_argument("--lambdas", nargs="+", type=float, default=None, metavar="λ",
-                        help=f"{lambdas} (default 0.1 0.2 0.3 0.5)")
-    parser.add_argument("--eval_sentences", type=int, default=None,
-                        help="first N validation / test pairs, 0: the whole splits (default: "
-                             f"{eval_sentences})")
+def add_protocol_flags(parser: argparse.ArgumentParser, defaults: dict[str, Any],
+                       weights: Sequence[str]) -> None:
+    """The evaluation protocol's settings (`lmfuse.evaluate.protocol`): the decode-time weight
+    grids named in `weights` (0 is always added), the seeded validation and test samples, the
+    training seeds, and the checkpoints kept per model. Help texts show `defaults` (the
+    budget's, {name: value or {budget: value}})."""
+    def shown(name: str) -> str:
+        value = defaults[name]
+        if isinstance(value, dict):
+            return ", ".join(f"{budget} {_words(v)}" for budget, v in value.items())
+        return _words(value)
+
+    grids = {
+        "lambdas": "λ, the target LM's weight",
+        "source_lm_weights": "λ_src, density ratio's source-LM weight",
+        "ilm_weights": "μ, ILME's internal-LM weight",
+        "length_rewards": "β, the reward per output token",
+    }
+    for name in weights:
+        parser.add_argument(f"--{name}", nargs="*", type=float, default=None, metavar="W",
+                            help=f"grid of {grids[name]}, chosen on validation; 0 is always "
+                                 f"added (default: {shown(name)})")
+    parser.add_argument("--val_sample", type=int, default=None, metavar="N",
+                        help="validation pairs every choice is made on: a seeded sample over "
+                             f"every book, 0: the whole split (default: {shown('val_sample')})")
+    parser.add_argument("--test_sample", type=int, default=None, metavar="N",
+                        help="test pairs scored: a seeded sample over every book, 0: the "
+                             f"whole split (default: {shown('test_sample')})")
+    parser.add_argument("--sample_seed", type=int, default=None,
+                        help="seed of both samples and of the paired bootstrap (default: "
+                             f"{shown('sample_seed')})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="training seeds of every encoder-decoder; several are summarised "
+                             f"as mean ± sd (default: {shown('seeds')})")
     parser.add_argument("--checkpoints", type=int, default=None,
                         help="checkpoints kept per encoder-decoder, chosen among on validation "
-                             f"(default: {checkpoints})")
+                             f"(default: {shown('checkpoints')})")
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+    return str(value)
+
+
+def check_protocol(settings: dict[str, Any]) -> None:
+    """The protocol's settings are usable: samples >= 0, weights >= 0, seeds distinct."""
+    for name in ("val_sample", "test_sample"):
+        if settings[name] < 0:
+            raise LmfuseError(f"--{name}={settings[name]} must be >= 0 (0: the whole split)")
+    for name in ("lambdas", "source_lm_weights", "ilm_weights"):
+        negative = [w for w in settings.get(name, ()) if w < 0]
+        if negative:
+            raise LmfuseError(f"--{name} {negative[0]:g}: LM weights are >= 0 (each term's sign "
+                              "is the method's)")
+    if len(set(settings["seeds"])) != len(settings["seeds"]):
+        raise LmfuseError(f"--seeds {' '.join(map(str, settings['seeds']))} repeats a seed")
+    check_at_least(settings, {"checkpoints": 1})
 
 
 def settings_from(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -329,7 +389,7 @@ def main(parser: argparse.ArgumentParser, make_study: Callable[[argparse.Namespa
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
-    return 0 if report_only or all(r.status == OK for r in records) else 1
+    return 0 if report_only or all(r.status != FAILED for r in records) else 1
 
 
 def run_command_line(parser: argparse.ArgumentParser,

@@ -82,22 +82,38 @@ def check_overrides_apply(overrides: Sequence[str], configs: Sequence[ml_collect
 
 
 def ensure_trained(run: TrainRun) -> dict[str, Any]:
-    """Trains `run` unless its workdir is finished: {'trained_seconds', 'steps' (kept)}."""
+    """Trains `run` unless its workdir is finished (its step budget spent, or stopped early on
+    validation): {'trained_seconds', 'steps' (kept)}."""
+    from lmfuse.train.loop import train, training_record
+
     config = run.load()
     steps = kept_steps(run.workdir)
     if steps:
         _check_same_config(run, config)
-    if not steps or steps[-1] < config.train.steps:
-        from lmfuse.train.loop import train
-
+    if not _finished(run.workdir, steps, config):
         start = time.perf_counter()
         train(config, run.workdir, progress=False)
         steps = kept_steps(run.workdir)
-        if not steps or steps[-1] < config.train.steps:  # SIGTERM: saved, not finished
+        if not _finished(run.workdir, steps, config):  # SIGTERM: saved, not finished
+            record = training_record(run.workdir) or {}
             raise LmfuseError(f"training {run.workdir} stopped at step {steps[-1] if steps else 0}"
-                              f" of {config.train.steps}; run again to resume it")
+                              f" of {record.get('step_budget', config.train.steps)}; run again "
+                              "to resume it")
         return {"trained_seconds": time.perf_counter() - start, "steps": steps}
     return {"trained_seconds": 0.0, "steps": steps}
+
+
+def _finished(workdir: str, steps: list[int], config: ml_collections.ConfigDict) -> bool:
+    """The training record says so; a workdir from before records: its last step is the
+    config's budget."""
+    from lmfuse.train.loop import training_record
+
+    if not steps:
+        return False
+    record = training_record(workdir)
+    if record is not None:
+        return bool(record["finished"]) and record["steps"] == steps[-1]
+    return steps[-1] >= config.train.steps
 
 
 def kept_steps(workdir: str | Path) -> list[int]:
@@ -140,12 +156,18 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def size_overrides(budget: str, sizes: Mapping[str, int]
                    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(encoder-decoder, LM) overrides for `s2s_steps`, `lm_steps`, `lm_seq_len`, `beam_size`."""
+    """(encoder-decoder, LM) overrides for `s2s_steps`, `lm_steps`, `lm_seq_len`, `beam_size`,
+    and (when `s2s_epochs` > 0) an epoch budget with early stopping: `s2s_epochs`, `patience`
+    and `eval_every` (validation loss every that many steps)."""
     def steps(n: int) -> tuple[str, ...]:
         return (override("train.steps", n),) if n else ()
 
     s2s = steps(sizes["s2s_steps"])
-    if budget == "cpu":  # validation is scored at the checkpoints, not during training
+    if sizes.get("s2s_epochs"):
+        s2s += (override("train.epochs", sizes["s2s_epochs"]),
+                override("train.patience", sizes["patience"]),
+                override("train.eval_every", sizes["eval_every"]))
+    elif budget == "cpu":  # validation is scored at the checkpoints, not during training
         s2s += (override("train.eval_every", 0),)
     if sizes["beam_size"]:
         s2s += (override("decode.beam_size", sizes["beam_size"]),)
@@ -154,3 +176,24 @@ def size_overrides(budget: str, sizes: Mapping[str, int]
         lm += tuple(override(key, sizes["lm_seq_len"])
                     for key in ("data.seq_len", "data.max_length", "model.max_len"))
     return s2s, lm
+
+
+def training_facts(workdir: str | Path) -> dict[str, Any]:
+    """Steps, epochs and wall seconds of a finished run, and whether it stopped early, from
+    its training record ({} for a workdir trained before records were kept). A step budget's
+    record has no epochs: they are counted here (one pass of the training pipeline)."""
+    from lmfuse.train.loop import training_record
+
+    record = training_record(workdir)
+    if record is None:
+        return {}
+    facts = {k: record.get(k) for k in ("steps", "epochs", "wall_seconds", "stopped_early",
+                                        "best_validation_step")}
+    if facts["epochs"] is None and facts["steps"]:
+        from lmfuse.train.budget import rows_per_epoch
+        from lmfuse.train.workdir import load_workdir_config, load_workdir_tokenizer
+
+        config = load_workdir_config(workdir)
+        rows = rows_per_epoch(config, load_workdir_tokenizer(workdir))
+        facts["epochs"] = facts["steps"] * config.train.batch_size / rows
+    return facts

@@ -54,11 +54,16 @@ def check_user_overrides(ctx: RunContext, specs: Sequence[tuple[str, Sequence[st
 
 
 def cadence(spec: str, overrides: Sequence[str], checkpoints: int) -> tuple[str, ...]:
-    """`checkpoints` evenly spaced checkpoints over the run's steps, all kept."""
+    """A step budget: `checkpoints` evenly spaced checkpoints over the run's steps, all kept.
+    Early stopping: a checkpoint at every evaluation, the last max(checkpoints, patience + 1)
+    kept, so the one with the best validation loss is among them when the run stops."""
     from lmfuse.config import load_config
 
-    steps = load_config(spec, tuple(overrides)).train.steps
-    every = max(1, math.ceil(steps / checkpoints))
+    train = load_config(spec, tuple(overrides)).train
+    if train.patience:
+        return (override("train.checkpoint_every", train.eval_every),
+                override("train.keep_checkpoints", max(checkpoints, train.patience + 1)))
+    every = max(1, math.ceil(train.steps / checkpoints))
     return (override("train.checkpoint_every", every),
             override("train.keep_checkpoints", checkpoints))
 

@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-from lib.runner import FAILED, OK, CellRecord, Report
+from lib.runner import FAILED, NOT_APPLICABLE, OK, CellRecord, Report
 
 
 def fmt(value: Any) -> str:
@@ -40,7 +40,10 @@ def score(record: CellRecord, split: str, key: str) -> str:
 
 def not_finished(record: CellRecord) -> str:
     """What a table shows for a cell without results ('|' would split the row)."""
-    what = f"failed: {record.error}" if record.status == FAILED else "not run yet"
+    if record.status == NOT_APPLICABLE:
+        what = f"N/A: {record.error}"
+    else:
+        what = f"failed: {record.error}" if record.status == FAILED else "not run yet"
     return what.replace("|", "/")
 
 
@@ -52,12 +55,108 @@ def first_values(report: Report) -> dict[str, Any]:
 
 def evaluation_text(report: Report) -> str:
     """Which validation and test sentences the scores are on."""
-    sizes = first_values(report).get("eval_sentences", {})
-    limit = report.study.settings.get("eval_sentences", 0)
-    if not limit:
-        return "the full validation and test splits"
-    return (f"the first {limit} verses of each split in file order (validation "
-            f"{sizes.get('validation', '?')}, test {sizes.get('test', '?')} sentences)")
+    sets = first_values(report).get("eval_sets", {})
+    settings = report.study.settings
+
+    def one(split: str, setting: str) -> str:
+        size = settings.get(setting, 0)
+        pairs = sets.get(split, {}).get("pairs", "?")
+        if not size:
+            return f"{split}: the whole split ({pairs} pairs)"
+        return (f"{split}: a seeded sample of {pairs} pairs over every book (--{setting} "
+                f"{size}, seed {settings.get('sample_seed', 0)})")
+
+    return f"{one('validation', 'val_sample')}; {one('test', 'test_sample')}"
+
+
+def weights_text(weights: dict[str, float] | None) -> str:
+    """A decode-time choice in words: 'λ 0.2, μ 0.1' (all 0: 'no fusion')."""
+    if not weights:
+        return ""
+    symbols = {"lm": "λ", "source_lm": "λ_src", "ilm": "μ", "length_reward": "β"}
+    named = [f"{symbols[k]} {v:g}" for k, v in weights.items() if v]
+    return ", ".join(named) or "all weights 0 (no fusion)"
+
+
+def difference(record: CellRecord, baseline: str) -> str:
+    """Test BLEU minus the baseline's ('none' or 'copy'), with sacrebleu's paired-bootstrap
+    p-value; '' where the cell is its own baseline."""
+    compared = record.values.get("confidence", {}).get(baseline)
+    if compared is None or compared["system"]["bleu_p"] is None:
+        return ""
+    if baseline == "none" and record.labels.get("method") == "none":
+        return ""
+    if compared.get("identical"):
+        return "identical output"
+    delta = compared["system"]["bleu"] - compared["baseline"]["bleu"]
+    return f"{delta:+.2f} (p {compared['system']['bleu_p']:.3f})"
+
+
+def bleu_interval(record: CellRecord) -> str:
+    """Test BLEU with the 95% half-width of sacrebleu's bootstrap."""
+    system = record.values["confidence"]["copy"]["system"]
+    return f"{system['bleu']:.2f} ± {system['bleu_ci']:.2f}"
+
+
+def training_cells(record: CellRecord) -> list[str]:
+    """Steps, epochs and training seconds of the cell's model ('' where not recorded)."""
+    facts = record.values.get("training") or {}
+    epochs = facts.get("epochs")
+    seconds = facts.get("wall_seconds")
+    return [fmt(facts.get("steps")), f"{epochs:.1f}" if epochs is not None else "",
+            f"{seconds:.0f}" if seconds is not None else ""]
+
+
+def protocol_lines(report: Report) -> list[str]:
+    """How every number was chosen and compared, as markdown list items."""
+    settings = report.study.settings
+    grids = [f"{symbol} {{{', '.join(f'{w:g}' for w in (0.0, *settings[name]))}}}"
+             for name, symbol in (("lambdas", "λ"), ("source_lm_weights", "λ_src"),
+                                  ("ilm_weights", "μ"), ("length_rewards", "β"))
+             if name in settings]
+    return [
+        "- Selection on the validation sample only: each trained model's checkpoint (with "
+        "early stopping the one of best validation loss, else the best validation BLEU of "
+        "those kept), and each decode-time method's weights over every combination "
+        f"its formula has of {'; '.join(grids)}. A candidate with every weight 0 is the plain "
+        "model's own decode, so no selected method scores below `none` on validation. Test is "
+        "decoded once, at the choice.",
+        "- Δ none / Δ copy: test BLEU minus that of the plain model of the same data, backbone "
+        "and training seed, and of copying the source; p from sacrebleu's paired bootstrap "
+        f"(1000 resamples, seed {settings.get('sample_seed', 0)}); ± is its 95% interval "
+        "half-width of the cell's BLEU.",
+    ]
+
+
+def seed_summary_lines(report: Report, group: tuple[str, ...]) -> list[str]:
+    """With several seeds: per group (the labels in `group`, seed aside), test BLEU as mean ±
+    sd over seeds, and the verdict against `none` (`protocol.verdict`)."""
+    from lmfuse.evaluate import protocol
+
+    ok = [r for r in report.records if r.status == OK]
+    seeds = sorted({r.labels["seed"] for r in ok})
+    if len(seeds) < 2:
+        return []
+    lines = ["## Over seeds", "",
+             f"Seeds {', '.join(map(str, seeds))}. A gain (or loss) is called only when the "
+             "difference to `none` has that sign with p < 0.05 in every seed.", "",
+             f"| {' | '.join(group)} | seeds | test BLEU mean ± sd | Δ none mean | verdict |",
+             f"|{'---|' * (len(group) + 4)}"]
+    keys = list(dict.fromkeys(tuple(r.labels[k] for k in group) for r in ok))
+    for key in keys:
+        members = [r for r in ok if tuple(r.labels[k] for k in group) == key]
+        mean, sd = protocol.mean_sd([r.values["test"]["bleu"] for r in members])
+        against = [r.values["confidence"]["none"] for r in members]
+        deltas = [c["system"]["bleu"] - c["baseline"]["bleu"] for c in against]
+        if key[group.index("method")] == "none":
+            verdict, delta = "", ""
+        else:
+            verdict = protocol.verdict(deltas, [None if c.get("identical") else
+                                                c["system"]["bleu_p"] for c in against])
+            delta = f"{protocol.mean_sd(deltas)[0]:+.2f}"
+        lines.append(f"| {' | '.join(fmt(k) for k in key)} | {len(members)} | "
+                     f"{mean:.2f} ± {sd:.2f} | {delta} | {verdict} |")
+    return [*lines, ""]
 
 
 def header_lines(report: Report) -> list[str]:

@@ -36,13 +36,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     source.add_argument("--split", default=None, choices=("validation", "test"),
                         help="translate and score a split of the workdir's dataset")
     p.add_argument("--output", default=None,
-                   help="hypotheses file (default: <workdir>/translate_<split>.txt, or stdout)")
+                   help="hypotheses file (default: <workdir>/translate_<split>.txt, or stdout); "
+                        "with --split its scores (.json) and ids (_ids.txt) go beside it")
     p.add_argument("--step", type=int, default=0, help="checkpoint step (0: the latest)")
     p.add_argument("--beam", type=int, default=0, help="beam size (0: config.decode.beam_size)")
     p.add_argument("--alpha", type=float, default=None, help="GNMT length penalty")
     p.add_argument("--max_len", type=int, default=0, help="tokens to generate (0: from config)")
     p.add_argument("--batch_size", type=int, default=0, help="sentences per batch (0: config)")
-    add_sample_flags(p, "translate_<split>_ids.txt (with --split)")
+    add_sample_flags(p, "<output>_ids.txt (with --split)")
     fusion = p.add_argument_group("decode-time fusion (lmfuse.decode.fusion)")
     fusion.add_argument("--fusion", default=None,
                         help="shallow | density_ratio | ilme | rescore (n-best, with --lm)")
@@ -149,8 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     scores.update(step=step, split=args.split, fusion=dataclasses.asdict(flags),
                   sample={"size": args.sample, "seed": args.seed, "num_ids": len(ids)})
-    Path(args.workdir, f"translate_{args.split}_ids.txt").write_text(
-        "".join(i + "\n" for i in ids))
+    ids_path, json_path = _beside(Path(output))
+    ids_path.write_text("".join(i + "\n" for i in ids))
     method = f", {flags.method} fusion" if flags.method else ""
     print(format_report(scores, f"{args.workdir} {args.split} (step {step}, beam "
                                 f"{options.beam_size}{method})"))
@@ -168,5 +169,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"paired bootstrap vs {baseline} (sacrebleu, seed {args.seed}): BLEU "
               f"{r['bleu']:.2f} ({r['bleu_mean']:.2f} ± {r['bleu_ci']:.2f}, p = {r['bleu_p']:.4f}),"
               f" {baseline} {report[baseline]['bleu']:.2f}")
-    Path(args.workdir, f"translate_{args.split}.json").write_text(json.dumps(scores, indent=2) + "\n")
+    json_path.write_text(json.dumps(scores, indent=2) + "\n")
+    print(f"(hypotheses in {output}, scores in {json_path}, ids in {ids_path})")
     return scores
+
+
+def _beside(output: Path) -> tuple[Path, Path]:
+    """The sample's ids file and the scores file next to the hypotheses: translate_test.txt
+    -> translate_test_ids.txt, translate_test.json."""
+    stem = output.with_suffix("")
+    return stem.with_name(f"{stem.name}_ids.txt"), stem.with_name(f"{stem.name}.json")

@@ -3,13 +3,28 @@
 Each prompt is decoded once (`DecodeStep.init`), then its state is tiled to K beams. Every
 step scores all K x V extensions, keeps the top 2K (enough that K of them do not end in EOS),
 and splits them: candidates among the top K ending in EOS (or reaching the length limit)
-compete for the K finished slots by length-normalised score, the rest for the K live slots by log-prob. The
-decode state (KV cache, RNN carry, anything) is reordered by gathering every leaf with the
-chosen beam indices (`gather_beams`), then stepped once with the new tokens.
+compete for the K finished slots by the ranking score below, the rest for the K live slots by
+their sum of scores. The decode state (KV cache, RNN carry, anything) is reordered by gathering
+every leaf with the chosen beam indices (`gather_beams`), then stepped once with the new tokens.
 
-Score = sum of log-probs / ((5 + length) / 6) ** alpha (GNMT; length counts EOS). The loop stops
-early once, for every prompt, the worst finished score beats the best score any live beam could
-still reach (its log-prob can only fall, so for alpha >= 0 the best case is at the length limit).
+Ranking score of a finished hypothesis, by `DecodeStep.monotone`:
+
+* monotone (log-probs; shallow fusion with λ >= 0, β <= 0; every per-token score <= 0):
+  sum / ((5 + length) / 6) ** alpha (GNMT; length counts EOS). The loop stops early once, for
+  every prompt, the worst finished score beats the best score any live beam could still reach
+  (its sum can only fall, so for alpha >= 0 the best case is at the length limit).
+* non-monotone (density ratio, ILME, a negative weight or a positive length reward: per-token
+  scores can be positive): the raw fused sum, which holds the fused step's per-token length
+  reward β (`lmfuse.decode.fusion`), i.e. sum of weighted log-probs + β * length. `alpha` is
+  ignored (`ranking_alpha`) and the loop runs to the length limit.
+
+Why: the GNMT division is sign-dependent. Dividing a negative sum by a penalty that grows with
+length raises it (longer hypotheses gain); dividing a positive sum lowers it (shorter ones
+gain), so one alpha would lengthen some hypotheses and shorten others by the sign of their
+fused scores. An additive reward is sign-invariant: adding c to every token's score is the
+same as adding c to β, so the fusion terms' offset and the length preference are both set by
+β, which the caller selects on validation (with 0 in its grid). It is also how density ratio
+and ILME state their decoding score: the log-linear sum plus β|y|, unnormalised.
 """
 
 from __future__ import annotations
@@ -31,7 +46,8 @@ NEG_INF = -1.0e7
 
 class BeamOutput(NamedTuple):
     """n-best list per prompt, best first: tokens [B, K, N] (PAD after EOS), scores [B, K]
-    (length-normalised), logprobs [B, K] (sum of token log-probs), finished [B, K] bool."""
+    (the ranking score: GNMT-normalised for a monotone decoder, the raw fused sum otherwise; see
+    the module docstring), logprobs [B, K] (sum of token scores), finished [B, K] bool."""
 
     tokens: jax.Array
     scores: jax.Array
@@ -42,6 +58,12 @@ class BeamOutput(NamedTuple):
 def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
     """GNMT length penalty ((5 + length) / 6) ** alpha."""
     return ((5.0 + length) / 6.0) ** alpha
+
+
+def ranking_alpha(decoder: DecodeStep, alpha: float) -> float:
+    """The GNMT exponent beam search applies for `decoder`: `alpha` when its scores are
+    monotone (all per-token scores <= 0), else 0, i.e. the raw fused sum (module docstring)."""
+    return float(alpha) if decoder.monotone else 0.0
 
 
 def tile_beams(tree: Any, beam_size: int) -> Any:
@@ -77,13 +99,16 @@ def beam_search(
     """K-best continuations of each prompt in `batch` (see `DecodeStep`), best first.
 
     Sequences that reach `max_new_tokens` without EOS count as finished. `eos_id=None` makes
-    every hypothesis exactly `max_new_tokens` long (exact search when K >= V ** N).
+    every hypothesis exactly `max_new_tokens` long (exact search when K >= V ** N). `alpha`
+    (the GNMT exponent) applies to monotone decoders only; a non-monotone one ranks by its raw
+    fused sum (`ranking_alpha`; the module docstring says why).
     """
     if beam_size <= 0 or max_new_tokens <= 0:
         raise ValueError(f"beam_size={beam_size} and max_new_tokens={max_new_tokens} must be positive")
     chain = ((SuppressTokens((PAD_ID,)),) if suppress_pad else ()) + tuple(processors)
     return _beam_search(
-        decoder, chain, int(beam_size), int(max_new_tokens), float(alpha), params, batch,
+        decoder, chain, int(beam_size), int(max_new_tokens), ranking_alpha(decoder, alpha),
+        params, batch,
         jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id
     )
 

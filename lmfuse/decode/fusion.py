@@ -20,7 +20,8 @@ decoders exclude it) and the sum is NOT renormalised: beam search ranks hypothes
 score, as in the papers (`DecodeStep.log_scores`). Sampling draws from softmax(score), the
 normalised product of experts. Subtracted terms and a positive reward can raise a hypothesis'
 score as it grows, so such fused steps are marked non-monotone and beam search then runs to the
-length limit instead of stopping early.
+length limit instead of stopping early, and ranks finished hypotheses by the raw fused sum (which
+holds r per token) instead of dividing it by the GNMT length penalty (`lmfuse.decode.beam`).
 
 The weights live in the params pytree (`params['weights']`), so they are traced arrays: a λ
 sweep reuses one compiled decoder. Parameters:
@@ -109,19 +110,22 @@ def shallow_fusion(s2s: DecodeStep, lm: DecodeStep, monotone: bool = True) -> De
     return log_linear_fusion(s2s, {"lm": lm}, monotone=monotone)
 
 
-def density_ratio(s2s: DecodeStep, target_lm: DecodeStep, source_lm: DecodeStep) -> DecodeStep:
+def density_ratio(s2s: DecodeStep, target_lm: DecodeStep, source_lm: DecodeStep,
+                  monotone: bool = False) -> DecodeStep:
     """log p_s2s + λ1 log p_LM_target - λ2 log p_LM_source + r. Weights: {'lm': λ1,
-    'source_lm': -λ2, 'length_reward': r} (see `fusion_weights`)."""
-    return log_linear_fusion(s2s, {"lm": target_lm, "source_lm": source_lm}, monotone=False)
+    'source_lm': -λ2, 'length_reward': r} (see `fusion_weights`). Non-monotone unless the
+    caller knows λ2 = 0, λ1 >= 0 and r <= 0 (then it is shallow fusion, ranked as such)."""
+    return log_linear_fusion(s2s, {"lm": target_lm, "source_lm": source_lm}, monotone=monotone)
 
 
-def ilme(s2s: DecodeStep, internal_lm: DecodeStep, lm: DecodeStep | None = None) -> DecodeStep:
+def ilme(s2s: DecodeStep, internal_lm: DecodeStep, lm: DecodeStep | None = None,
+         monotone: bool = False) -> DecodeStep:
     """log p_s2s - μ log p_ILM (+ λ log p_LM) + r. Weights: {'ilm': -μ, 'lm': λ,
-    'length_reward': r}."""
+    'length_reward': r}. Non-monotone unless the caller knows μ = 0, λ >= 0 and r <= 0."""
     terms = {"ilm": internal_lm}
     if lm is not None:
         terms["lm"] = lm
-    return log_linear_fusion(s2s, terms, monotone=False)
+    return log_linear_fusion(s2s, terms, monotone=monotone)
 
 
 def fusion_weights(

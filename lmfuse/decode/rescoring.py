@@ -12,6 +12,12 @@ hypotheses are in the list, only their order.
     beams = beam_search(s2s_step, s2s_params, batch, beam_size=8, max_new_tokens=64, alpha=0.6)
     lm_logprobs = sequence_log_probs(lm_step, lm_params, batch['prompt'], beams.tokens)
     best = rescore(beams, lm_logprobs, lm_weight=0.3, length_reward=0.0, alpha=0.6)
+
+The division by lp is sign-safe here (unlike for a non-monotone fused beam, `lmfuse.decode.beam`):
+the beam is the plain model's (monotone: its scores are log-probs, <= 0) and the LM term is
+λ log p_LM <= 0 for the λ >= 0 a study sweeps, so every divided sum is <= 0 and α only ever
+favours longer hypotheses; β is additive, sign-invariant. A λ < 0 would make the divided LM
+term positive (then α shortens); rescore only beams of a monotone decoder, with λ >= 0.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ class DecodeStep:
     # of log-probs): beam search then ranks by them as they are instead of by log_softmax.
     log_scores: bool = False
     # True when a hypothesis' score can only fall as it grows (log-probs, or any sum of
-    # non-positive terms); beam search stops early only then.
+    # non-positive terms); beam search stops early, and divides by the GNMT length penalty,
+    # only then (otherwise it ranks by the raw sum: `lmfuse.decode.beam`).
     monotone: bool = True
 
 

@@ -114,20 +114,24 @@ def build_decode_fusion(s2s_model: Model, s2s_params: Any, flags: FusionFlags,
     lm_terms = {}
     if flags.lm is not None:
         lm_terms["lm"] = load_lm(flags.lm, sha, positions, "--lm")
+    # Every token's score stays <= 0 only when no term is subtracted and no reward added;
+    # beam search then stops early and ranks by GNMT, else by the raw sum (`beam.py`). A
+    # weight of 0 thus removes its term exactly, ranking included.
+    monotone = (flags.lm_weight >= 0 and flags.length_reward <= 0
+                and not flags.source_lm_weight and not flags.ilm_weight)
     if flags.method == "shallow":
-        decoder = fusion.shallow_fusion(
-            base, lm_terms["lm"][0], monotone=flags.lm_weight >= 0 and flags.length_reward <= 0
-        )
+        decoder = fusion.shallow_fusion(base, lm_terms["lm"][0], monotone=monotone)
         weights = fusion.fusion_weights(flags.lm_weight, length_reward=flags.length_reward)
     elif flags.method == "density_ratio":
         lm_terms["source_lm"] = load_lm(flags.source_lm, sha, positions, "--source_lm")
-        decoder = fusion.density_ratio(base, lm_terms["lm"][0], lm_terms["source_lm"][0])
+        decoder = fusion.density_ratio(base, lm_terms["lm"][0], lm_terms["source_lm"][0],
+                                       monotone=monotone)
         weights = fusion.fusion_weights(flags.lm_weight, flags.source_lm_weight, None,
                                         flags.length_reward)
     else:
         internal = seq2seq_decode_step(s2s_model.model, zero_context=True)
         lm = lm_terms["lm"][0] if "lm" in lm_terms else None
-        decoder = fusion.ilme(base, internal, lm)
+        decoder = fusion.ilme(base, internal, lm, monotone=monotone)
         weights = fusion.fusion_weights(flags.lm_weight if lm else 0.0, None, flags.ilm_weight,
                                         flags.length_reward)
         lm_terms["ilm"] = (internal, s2s_params)

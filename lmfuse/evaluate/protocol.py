@@ -12,6 +12,8 @@
 * Confidence comes from sacrebleu's own paired bootstrap resampling (`PairedTest`, the test
   `sacrebleu --paired-bs` runs): each system's mean and 95% interval half-width over the
   resamples, and the p-value of its difference to the baseline.
+* Several training seeds are summarised as mean ± sd, and a difference is called a gain (or a
+  loss) only when it has the same sign and p < 0.05 in every seed (`verdict`).
 """
 
 from __future__ import annotations
@@ -148,3 +150,28 @@ def format_confidence(confidence: Mapping[str, Any]) -> str:
         lines.append(line)
     return ("paired bootstrap (sacrebleu, 95% CI, seed "
             f"{confidence['seed']}):\n" + "\n".join(lines))
+
+
+SIGNIFICANCE = 0.05  # a seed's difference counts when sacrebleu's p-value is below this
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    if not array.size:
+        raise LmfuseError("no values to summarise")
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+def verdict(differences: Sequence[float], p_values: Sequence[float | None]) -> str:
+    """'gain' / 'loss' when every seed's difference to the baseline has that sign and
+    p < SIGNIFICANCE, else 'no clear difference'."""
+    if not differences or len(differences) != len(p_values):
+        raise LmfuseError("a verdict needs one difference and one p-value per seed")
+    if any(p is None or p >= SIGNIFICANCE for p in p_values):
+        return "no clear difference"
+    if all(d > 0 for d in differences):
+        return "gain"
+    if all(d < 0 for d in differences):
+        return "loss"
+    return "no clear difference"

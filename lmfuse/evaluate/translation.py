@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.decode import DecodeStep, beam_search
+from lmfuse.decode.beam import ranking_alpha
 from lmfuse.decode.rescoring import Rescorer
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate.metrics import score_translations
@@ -111,7 +112,8 @@ def translate_and_score(
     each n-best list before the best is taken (LM rescoring)."""
     out = translate_lines(decoder, params, tokenizer, sources, options, rescorer=rescorer)
     scores = score_translations(out.hypotheses, references, sources)
-    scores.update(beam_size=options.beam_size, alpha=options.alpha)
+    # The exponent the beam really ranked by: 0 (the raw sum) for a non-monotone fused decoder.
+    scores.update(beam_size=options.beam_size, alpha=ranking_alpha(decoder, options.alpha))
     return out, scores
 
 

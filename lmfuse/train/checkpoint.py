@@ -1,12 +1,14 @@
 """Checkpoints: train state + data-iterator state + config + tokenizer reference, with Orbax.
 
-One `CheckpointManager` per workdir (`<workdir>/checkpoints`) holds five items per step:
+One `CheckpointManager` per workdir (`<workdir>/checkpoints`) holds six items per step:
 
 * `params`:    the model parameters, saved asynchronously (all that inference restores);
 * `optimizer`: {'step', 'opt_state'}: the rest of the TrainState, which only resuming reads;
 * `data`:      the Grain iterator state, so a resumed run sees exactly the next batch;
 * `config`:    the full config as JSON (what `lmfuse eval/sample` rebuild the model from);
-* `tokenizer`: the SentencePiece model path and its SHA-256 (fusion compares these).
+* `tokenizer`: the SentencePiece model path and its SHA-256 (fusion compares these);
+* `progress`:  the run's wall time and early-stopping state (`lmfuse.train.budget`), so a
+               resumed run stops where an uninterrupted one would (absent before it existed).
 
 Restore always goes against an abstract target (shapes, dtypes and shardings of a freshly built
 state), so Optax state types survive and arrays land sharded as the mesh says.
@@ -25,7 +27,7 @@ import orbax.checkpoint as ocp
 
 from lmfuse.errors import LmfuseError
 
-ITEMS = ("params", "optimizer", "data", "config", "tokenizer")
+ITEMS = ("params", "optimizer", "data", "config", "tokenizer", "progress")
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -40,6 +42,7 @@ def _handlers() -> dict:
         "data": grain.checkpoint.CheckpointHandler(),
         "config": ocp.JsonCheckpointHandler(),
         "tokenizer": ocp.JsonCheckpointHandler(),
+        "progress": ocp.JsonCheckpointHandler(),
     }
 
 
@@ -71,16 +74,27 @@ def save(
     config: ml_collections.ConfigDict,
     tokenizer_ref: dict,
     force: bool = False,
+    progress: dict | None = None,
 ) -> bool:
     """Saves asynchronously; `force` saves off the `every` grid (end of run, SIGTERM)."""
-    args = ocp.args.Composite(
+    items = dict(
         params=ocp.args.StandardSave(state.params),
         optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(json.loads(config.to_json())),
         tokenizer=ocp.args.JsonSave(tokenizer_ref),
     )
-    return manager.save(step, args=args, force=force)
+    if progress is not None:
+        items["progress"] = ocp.args.JsonSave(progress)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def read_progress(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The `progress` item of checkpoint `step` ({} for a checkpoint saved without one)."""
+    if not (manager.directory / str(step) / "progress").exists():  # JSON items have no metadata
+        return {}
+    restored = manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return dict(restored.progress)
 
 
 def restore(

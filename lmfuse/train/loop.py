@@ -4,7 +4,10 @@
       -> restore the latest checkpoint if the workdir has one (state + data iterator)
       -> for each step: next batch -> global array -> train_step (jit, donated state)
       -> every log_every: metrics to TensorBoard / metrics.jsonl / progress bar (one host sync)
-      -> every eval_every: validation perplexity; every checkpoint_every: async checkpoint
+      -> every eval_every: validation perplexity (early stopping: train.patience);
+         every checkpoint_every: async checkpoint
+      -> until the budget (train.steps or train.epochs) is spent or patience runs out: a final
+         checkpoint and <workdir>/training.json (`lmfuse.train.budget`, `training_record`)
 
 Host syncs happen only at log, eval and checkpoint points. A non-finite loss is caught at the
 next of those points, before any checkpoint is written, so the last good checkpoint survives.
@@ -13,6 +16,7 @@ SIGTERM saves a checkpoint at the current step and returns cleanly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -27,11 +31,14 @@ from lmfuse.data import corpora
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
 from lmfuse.errors import LmfuseError
 from lmfuse.models.registry import TRANSFORMER_NAMES
-from lmfuse.train import checkpoint, sharding
+from lmfuse.train import budget, checkpoint, sharding
+from lmfuse.train.budget import training_record
 from lmfuse.train.evaluation import evaluate
 from lmfuse.train.fusion_init import check_fusion_config, fusion_method
 from lmfuse.train.metrics_log import MetricsLog, flops_per_token, peak_flops_per_device
 from lmfuse.train.trainer import build_trainer, tokenizer_ref
+
+__all__ = ["train", "training_record"]
 
 
 class _StopFlag:
@@ -45,13 +52,19 @@ class _StopFlag:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
-    """Trains to `config.train.steps`, resuming from the workdir's latest checkpoint."""
+    """Trains to the step budget (`lmfuse.train.budget`), resuming from the workdir's latest
+    checkpoint; returns the run's record (as training.json holds it) and its last metrics."""
+    budget.check_config(config.train)
     if fusion_method(config):
         check_fusion_config(config)  # before any data is prepared
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = corpora.prepare(config)
-    trainer = build_trainer(config, tokenizer)
+    plan = budget.step_budget(config, tokenizer)
+    done = budget.finished(workdir, plan)  # nothing left to train: says so, returns its record
+    if done is not None:
+        return done
+    trainer = build_trainer(config, tokenizer, total_steps=plan.steps)
     config = trainer.config  # a fused config gains its LM's model config, saved with the state
     train_cfg = config.train
     is_main = jax.process_index() == 0
@@ -61,10 +74,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     manager = checkpoint.make_manager(workdir, train_cfg.keep_checkpoints, train_cfg.checkpoint_every)
     if manager.latest_step() is not None:
         state, start = checkpoint.restore(manager, trainer.abstract_state, iterator)
+        run = budget.Progress.restore(manager, start)
         if is_main:
             print(f"resuming {workdir} from step {start}")
     else:
         state, start = trainer.init_fn(jax.random.key(config.seed)), 0
+        run = budget.Progress()
 
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop)
@@ -78,7 +93,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
         model_cfg.emb_dim,
         config.data.seq_len,
     )
-    bar = tqdm(total=train_cfg.steps, initial=start, disable=not (progress and is_main),
+    bar = tqdm(total=plan.steps, initial=start, disable=not (progress and is_main),
                desc="train", unit="step", dynamic_ncols=True)
     pending: list[tuple[int, dict]] = []
     last_time = time.perf_counter()
@@ -86,6 +101,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     compile_seconds = None
     summary: dict = {"start_step": start}
     step = start
+    wall_before, loop_start = run.wall_seconds, time.perf_counter()
+
+    def save(force: bool = False) -> None:
+        run.wall_seconds = wall_before + time.perf_counter() - loop_start
+        checkpoint.save(manager, step, state, iterator, config, tokenizer_ref(tokenizer),
+                        force=force, progress=dataclasses.asdict(run))
 
     def flush_metrics() -> dict | None:
         """One host sync: fetch the buffered step metrics, check them, log their mean."""
@@ -120,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
 
     try:
         with sharding.activate(trainer.mesh, trainer.rules):
-            while step < train_cfg.steps:
+            while step < plan.steps and not run.stopped_early:
                 if stop.raised:
                     break
                 batch = sharding.global_batch(next(iterator), trainer.mesh, trainer.rules)
@@ -135,19 +156,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                 at_log = step % train_cfg.log_every == 0
                 at_eval = train_cfg.eval_every and step % train_cfg.eval_every == 0
                 at_ckpt = step % train_cfg.checkpoint_every == 0
-                if at_log or at_eval or at_ckpt or step == train_cfg.steps:
+                if at_log or at_eval or at_ckpt or step == plan.steps:
                     summary["train"] = flush_metrics() or summary.get("train")
                 if at_eval:
                     result = evaluate(trainer, state.params, "validation", train_cfg.eval_batches)
                     log.write(step, result, prefix="validation")
                     summary["validation"] = result
+                    run.observe(step, result["nll"], train_cfg.patience, train_cfg.min_delta)
                 if at_ckpt:
-                    checkpoint.save(manager, step, state, iterator, config, tokenizer_ref(tokenizer))
+                    save()
             summary["train"] = flush_metrics() or summary.get("train")
-            # A final (or SIGTERM) checkpoint, off the every-K grid if need be.
+            # A final (early-stopping, SIGTERM) checkpoint, off the every-K grid if need be.
             if manager.latest_step() != step:
-                checkpoint.save(manager, step, state, iterator, config, tokenizer_ref(tokenizer),
-                                force=True)
+                save(force=True)
             manager.wait_until_finished()
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -155,9 +176,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
         log.close()
         manager.close()
 
-    summary.update(step=step, compile_seconds=compile_seconds, num_params=trainer.num_params,
-                   stopped_by_sigterm=stop.raised)
+    summary.update(budget.record(plan, step, run), step=step, compile_seconds=compile_seconds,
+                   num_params=trainer.num_params, stopped_by_sigterm=stop.raised)
     if is_main:
+        budget.write_record(workdir, budget.record(plan, step, run))
         _print_summary(summary, workdir)
     return summary
 
@@ -168,7 +190,7 @@ def _print_summary(summary: dict, workdir: Path) -> None:
               "run the same command to resume")
         return
     train = summary.get("train") or {}
-    line = f"done: step {summary['step']}, {summary['num_params']:,} params"
+    line = f"done: {budget.describe(summary)}, {summary['num_params']:,} params"
     if train:
         line += f", train loss {train['loss']:.4f}, {train['tokens_per_sec']:.0f} tokens/s"
     if summary.get("validation"):

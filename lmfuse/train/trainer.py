@@ -119,12 +119,14 @@ def build_model_on_mesh(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                  _eval_step(model, objective, param_shardings, mesh, rules), objective)
 
 
-def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None) -> Trainer:
-    """Everything `lmfuse train` compiles from a config."""
+def build_trainer(config: ml_collections.ConfigDict, tokenizer: Tokenizer, devices=None,
+                  total_steps: int | None = None) -> Trainer:
+    """Everything `lmfuse train` compiles from a config; the learning-rate schedule spans
+    `total_steps` (default train.steps; the loop passes its budget, which train.epochs sets)."""
     _check(config)
     config, model, objective, mesh, rules, init_params = _setup(config, tokenizer, devices)
     fused = bool(fusion_method(config))
-    tx, schedule = build_optimizer(config.optimizer, config.train.steps)
+    tx, schedule = build_optimizer(config.optimizer, total_steps or config.train.steps)
     if fused:
         tx = freeze(tx, model.cfg.frozen_bases())
 

@@ -80,8 +80,10 @@ def test_zero_weight_shallow_fusion_reproduces_the_base(beam_size):
 
 
 def test_density_ratio_with_one_lm_twice_reproduces_the_base():
+    """Density ratio is non-monotone, so beam search ranks it by its raw fused sum (no GNMT
+    division, `lmfuse.decode.beam`): with one LM twice it is the base ranked the same way."""
     (base, p_base), (other, p_lm) = lm(1), lm(2)
-    plain = beam_search(base, p_base, batch(), beam_size=3, max_new_tokens=N)
+    plain = beam_search(base, p_base, batch(), beam_size=3, max_new_tokens=N, alpha=0.0)
     decoder = density_ratio(base, other, other)
     params = fused_params(p_base, fusion_weights(0.5, source_lm_weight=0.5), lm=p_lm,
                           source_lm=p_lm)

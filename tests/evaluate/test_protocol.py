@@ -99,3 +99,26 @@ def test_intervals_are_what_sacrebleu_prints_for_the_same_files_and_seed(tmp_pat
 def test_the_baseline_must_be_a_system():
     with pytest.raises(LmfuseError, match="baseline"):
         protocol.paired_bootstrap({"a": ["x"]}, ["x"], "none")
+
+
+def test_seeds_are_summarised_as_mean_and_sample_sd():
+    assert protocol.mean_sd([20.0]) == (20.0, 0.0)
+    mean, sd = protocol.mean_sd([1.0, 2.0, 3.0])
+    assert mean == 2.0 and sd == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("differences, p_values, expected", [
+    ([0.8, 1.1, 0.5], [0.01, 0.002, 0.04], "gain"),
+    ([-0.8, -1.1], [0.01, 0.002], "loss"),
+    ([0.8, 1.1, 0.5], [0.01, 0.20, 0.04], "no clear difference"),  # one seed not significant
+    ([0.8, -1.1], [0.01, 0.01], "no clear difference"),  # significant both ways
+    ([0.8], [None], "no clear difference"),  # compared with itself
+])
+def test_a_gain_needs_the_same_sign_and_significance_in_every_seed(differences, p_values,
+                                                                   expected):
+    assert protocol.verdict(differences, p_values) == expected
+
+
+def test_a_verdict_needs_a_p_value_per_seed():
+    with pytest.raises(LmfuseError, match="one difference and one p-value per seed"):
+        protocol.verdict([0.5, 0.2], [0.01])

@@ -17,16 +17,22 @@ from lib import runner
 
 SCRIPT = "experiments/carlson_table.py"
 LAMBDAS = (0.2, 0.5)
-STEPS = 20
+EPOCHS = 50
+BEST, STOPPED_AT = 5, 10  # best loss at the first evaluation, then one without improvement
 SENTENCES = 12
 
 
 def grid_args(corpus: dict[str, str], root: Path) -> list[str]:
-    overrides = tiny_grid_overrides(corpus, **{"train.steps": STEPS, "decode.beam_size": 2})
+    # An epoch budget with early stopping: validation loss every 5 steps, patience 1, with a
+    # learning rate so small that the loss never improves after the first evaluation.
+    overrides = tiny_grid_overrides(corpus, **{"train.epochs": EPOCHS, "train.patience": 1,
+                                               "train.eval_every": 5, "train.min_delta": 0.01,
+                                               "decode.beam_size": 2,
+                                               "optimizer.learning_rate": 1e-9})
     return ["--workdir", str(root / "work"), "--results", str(root / "results"),
             "--rows", "kjv_asv", "--methods", "none", "shallow",
-            "--eval_sentences", str(SENTENCES), "--checkpoints", "1",
-            "--lambdas", *map(str, LAMBDAS), *overrides]
+            "--val_sample", str(SENTENCES), "--test_sample", str(SENTENCES), "--checkpoints",
+            "1", "--lambdas", *map(str, LAMBDAS), *overrides]
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +66,12 @@ def test_both_systems_have_real_scores_and_the_copy_baseline(table, pair_corpus)
 
     rows = table["rows"]
     assert list(rows) == ["none", "shallow"]
-    source, reference = pair_corpus["test"].split("|")
-    copy_bleu = BLEU().corpus_score(first_lines(source, SENTENCES),
-                                    [first_lines(reference, SENTENCES)]).score
+    evaluated = table["root"] / "work" / "eval" / "kjv_asv"
+    name = f"test.sample{SENTENCES}.seed0"
+    copy_bleu = BLEU().corpus_score(first_lines(evaluated / f"{name}.src", SENTENCES),
+                                    [first_lines(evaluated / f"{name}.ref", SENTENCES)]).score
+    ids = first_lines(evaluated / f"{name}.ids", SENTENCES + 1)  # written beside the results
+    assert len(ids) == len(set(ids)) == SENTENCES
     for row in rows.values():
         assert (row["row"], row["source"], row["target"]) == ("kjv_asv", "kjv", "asv")
         assert row["status"] == "ok" and row["error"] == ""
@@ -70,10 +79,13 @@ def test_both_systems_have_real_scores_and_the_copy_baseline(table, pair_corpus)
             assert math.isfinite(float(row[key])) and 0 <= float(row[key]) <= 100
         assert float(row["copy_bleu"]) == pytest.approx(copy_bleu, abs=1e-4)
         assert row["copy_pinc"] == "0" and row["test_sentences"] == str(SENTENCES)
-        assert row["step"] == str(STEPS) and row["budget"] == "cpu" and row["date"]
+        # Early stopping chose the checkpoint; the row reports the steps and epochs trained.
+        assert row["step"] == str(BEST) and row["train_steps"] == str(STOPPED_AT)
+        assert 0 < float(row["train_epochs"]) < EPOCHS
+        assert row["budget"] == "cpu" and row["date"]
         assert row["bleu_signature"].startswith("nrefs:1|") and row["device"]
         assert "lmfuse train --config configs/s2s_transformer.py:tiny" in row["commands"]
-    assert rows["none"]["lambda"] == "" and rows["none"]["lm_perplexity"] == ""
+    assert rows["none"]["weights"] == "" and rows["none"]["lm_perplexity"] == ""
     assert math.isfinite(float(rows["shallow"]["lm_perplexity"]))
 
 
@@ -82,26 +94,29 @@ def test_shallow_fuses_the_target_lm_at_the_best_validation_lambda(table):
     row = table["rows"]["shallow"]
     cell = json.loads((table["root"] / "work" / "cells" / "kjv_asv-shallow.json").read_text())
     sweep = cell["values"]["sweep"]
-    assert [p["lambda"] for p in sweep] == list(LAMBDAS)
-    best = max(sweep, key=lambda p: p["val"]["bleu"])  # the first of equals, as pick() keeps
-    assert float(row["lambda"]) == best["lambda"] in LAMBDAS
+    assert [p["weights"]["lm"] for p in sweep] == [0.0, *LAMBDAS]  # 0 joins the grid
+    best = max(sweep, key=lambda p: p["val"]["bleu"])  # the first of equals, as selection keeps
+    assert cell["values"]["weights"] == best["weights"]
     assert float(row["val_bleu"]) == pytest.approx(best["val"]["bleu"], abs=1e-4)
     commands = row["commands"].split(" && ")
     lm = table["root"] / "work" / "lm_asv"
     assert commands[0].startswith("lmfuse train --config configs/lm_transformer.py:tiny")
     assert f"--workdir {lm}" in commands[0]
-    assert commands[-1].startswith("lmfuse translate") and "--split" not in commands[-1]
-    assert f"--fusion shallow --lm {lm} --lm_weight {float(row['lambda']):g}" in commands[-1]
+    assert commands[-1].startswith("lmfuse translate")
+    assert f"--split test --sample {SENTENCES} --seed 0" in commands[-1]
+    if best["weights"]["lm"]:
+        assert (f"--fusion shallow --lm {lm} --lm_weight {best['weights']['lm']:g}"
+                in commands[-1])
 
 
 @pytest.mark.slow
 def test_the_markdown_table_names_rows_systems_and_provenance(table):
     md = (table["root"] / "results" / "carlson_table.md").read_text(encoding="utf-8")
-    lambda_ = float(table["rows"]["shallow"]["lambda"])
-    assert "| KJV→ASV | seq2seq | step 20 |" in md
-    assert f"| KJV→ASV | seq2seq + LM (shallow fusion) | step 20, λ {lambda_:g} |" in md
+    weights = table["rows"]["shallow"]["weights"]
+    assert f"| KJV→ASV | 0 | seq2seq | step {BEST} |" in md
+    assert f"| KJV→ASV | 0 | seq2seq + LM (shallow fusion) | step {BEST}; {weights} |" in md
     assert "(cpu budget)" in md and "BLEU signature: `nrefs:1" in md and "device: " in md
-    assert f"first {SENTENCES} verses" in md
+    assert f"a seeded sample of {SENTENCES} pairs over every book" in md
     assert "Command: `python experiments/carlson_table.py" in md
     assert "| lm_asv |" in md and "| s2s_kjv_asv |" in md  # the shared models
     assert "kjv_asv-shallow:" in md and "failed" not in md

@@ -1,7 +1,9 @@
 """`python experiments/fusion_ablation.py` end to end on real verse pairs, with tiny models: a
-3-cell grid (none, shallow fusion, and a cold-fusion cell whose override cannot work) writes its
-tables and plots, a rerun skips the finished cells without training anything, and mistakes are
-one-line errors."""
+4-cell grid (none, shallow fusion, density ratio at 100% data, which is N/A, and a cold-fusion
+cell whose override cannot work) writes its tables and plots under the evaluation protocol
+(seeded samples, 0 in every grid, intervals against none and copy), selection never reads test
+data, a rerun skips the finished cells without training anything, and mistakes are one-line
+errors."""
 
 from __future__ import annotations
 
@@ -26,24 +28,28 @@ from grid_runs import (
 from lib import runner
 from lib.tables import fmt
 
+from lmfuse.config import split_override_args
 from lmfuse.errors import LmfuseError
 
 SCRIPT = "experiments/fusion_ablation.py"
 LAMBDAS = (0.2, 0.5)
 STEPS = 20
-GRID_METHODS = ("none", "shallow", "cold")
+GRID_METHODS = ("none", "shallow", "density_ratio", "cold")
+SAMPLE = 12  # validation and test pairs, seeded samples of the pair corpus' splits
 
 
 def grid_args(corpus: dict[str, str], root: Path, methods: tuple[str, ...] = GRID_METHODS,
-              results: Path | None = None, eval_sentences: int = 12) -> list[str]:
+              results: Path | None = None, sample: int = SAMPLE) -> list[str]:
     # cold_dim=0 only matters to cold fusion: that cell fails, the others must not notice.
     # The study spaces its checkpoints itself (--checkpoints 2: steps 10 and 20).
-    overrides = tiny_grid_overrides(corpus, **{"train.steps": STEPS, "fusion.cold_dim": 0,
+    # A step budget (the cpu budget's epochs and early stopping are tested on their own).
+    overrides = tiny_grid_overrides(corpus, **{"train.steps": STEPS, "train.epochs": 0,
+                                               "train.patience": 0, "fusion.cold_dim": 0,
                                                "decode.beam_size": 2})
     return ["--workdir", str(root / "work"), "--results", str(results or root / "results"),
             "--fractions", "100", "--backbones", "transformer", "--methods", *methods,
-            "--eval_sentences", str(eval_sentences), "--lambdas", *map(str, LAMBDAS),
-            "--checkpoints", "2", *overrides]
+            "--val_sample", str(sample), "--test_sample", str(sample), "--sample_seed", "3",
+            "--lambdas", *map(str, LAMBDAS), "--checkpoints", "2", *overrides]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,7 @@ def test_the_grid_writes_tables_and_plots_with_real_scores(grid):
     for name in ("fusion_ablation_bleu.png", "fusion_ablation_lambda.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = grid["rows"]
-    assert set(rows) == {"none", "shallow", "cold"}
+    assert set(rows) == set(GRID_METHODS)
     for method in ("none", "shallow"):
         row = rows[method]
         assert row["status"] == "ok" and row["fraction"] == "100"
@@ -76,12 +82,15 @@ def test_the_grid_writes_tables_and_plots_with_real_scores(grid):
         assert int(row["step"]) in (STEPS // 2, STEPS)  # two kept checkpoints to choose from
         assert row["commands"].startswith("lmfuse train --config configs/")
         assert "lmfuse translate" in row["commands"]
-    assert float(rows["shallow"]["lambda"]) in LAMBDAS
     assert rows["shallow"]["step"] == rows["none"]["step"]  # fuses none's chosen checkpoint
-    assert "--fusion shallow" in rows["shallow"]["commands"]
     assert math.isfinite(float(rows["shallow"]["lm_perplexity"]))
-    assert rows["none"]["lambda"] == "" and rows["none"]["lm_perplexity"] == ""
-    assert "[1/3] f100-transformer-none: ok" in out
+    assert rows["none"]["weights"] == "" and rows["none"]["lm_perplexity"] == ""
+    assert rows["none"]["delta_none"] == "" and rows["shallow"]["delta_none"] != ""
+    for method in ("none", "shallow"):  # intervals and p-values against copying the source
+        assert float(rows[method]["test_bleu_ci"]) >= 0 and 0 <= float(rows[method]["p_copy"]) <= 1
+        assert float(rows[method]["test_length_ratio"]) >= 0
+    assert "[1/4] f100-transformer-none: ok" in out
+    assert "[3/4] f100-transformer-density_ratio: N/A (at 100% data the source LM" in out
     # The shared-model record holds the perplexity the cell reports, not a rounding of it.
     shared = json.loads((grid["root"] / "work" / "artifacts.json").read_text(encoding="utf-8"))
     assert rows["shallow"]["lm_perplexity"] == fmt(shared["lm_target"]["validation_perplexity"])
@@ -92,8 +101,8 @@ def test_the_table_names_the_copy_baseline_of_the_scored_verses(grid):
 
     # Independently: sacrebleu on the test sources themselves, as if copied as the output.
     evaluated = grid["root"] / "work" / "eval"
-    sources = (evaluated / "test.first12.src").read_text(encoding="utf-8").splitlines()
-    references = (evaluated / "test.first12.ref").read_text(encoding="utf-8").splitlines()
+    sources = (evaluated / "test.sample12.seed3.src").read_text(encoding="utf-8").splitlines()
+    references = (evaluated / "test.sample12.seed3.ref").read_text(encoding="utf-8").splitlines()
     copy_bleu = sacrebleu.corpus_bleu(sources, [references]).score
     table = (grid["root"] / "results" / "fusion_ablation.md").read_text(encoding="utf-8")
     assert f"Copying the source as the output scores test BLEU {copy_bleu:.2f} " in table
@@ -102,15 +111,59 @@ def test_the_table_names_the_copy_baseline_of_the_scored_verses(grid):
 def test_choices_are_the_best_validation_points_of_the_stored_sweeps(grid):
     with (grid["root"] / "results" / "fusion_ablation_sweeps.csv").open(encoding="utf-8") as f:
         sweeps = list(csv.DictReader(f))
-    for method, kind, values in (("shallow", "lambda", LAMBDAS), ("none", "step", (10, 20))):
+    # 0 joins the λ grid: the plain decode is a candidate, so fusion never loses on validation.
+    shallow = ["all weights 0 (no fusion)", *(f"λ {w:g}" for w in LAMBDAS)]
+    for method, kind, values in (("shallow", "weights", shallow),
+                                 ("none", "step", ["10", "20"])):
         points = [p for p in sweeps if p["method"] == method]
-        assert [float(p["value"]) for p in points] == list(values)
+        assert [p["value"] for p in points] == values
         assert all(p["kind"] == kind for p in points)
         (chosen,) = [p for p in points if p["chosen"] == "yes"]
         assert float(chosen["val_bleu"]) == max(float(p["val_bleu"]) for p in points)
         row = grid["rows"][method]
-        assert chosen["value"] == row["lambda" if kind == "lambda" else "step"]
+        assert chosen["value"] == row["weights" if kind == "weights" else "step"] or (
+            chosen["value"] == shallow[0] and row["weights"] == shallow[0])
         assert chosen["val_bleu"] == row["val_bleu"]
+    none_val = float(grid["rows"]["none"]["val_bleu"])
+    assert float(grid["rows"]["shallow"]["val_bleu"]) >= none_val
+    zero = next(p for p in sweeps if p["method"] == "shallow" and p["value"] == shallow[0])
+    assert float(zero["val_bleu"]) == none_val  # λ = 0 is the plain model's own decode
+
+
+def test_selection_reads_the_validation_sample_only(grid, pair_corpus, monkeypatch):
+    """The shallow cell rerun in-process with every decode recorded: its choices decode the
+    validation sample only, and the test sample is decoded once, after the last choice, at
+    the chosen weights."""
+    from lib import scoring
+
+    monkeypatch.chdir(REPO)
+    args = grid_args(pair_corpus, grid["root"])
+    overrides, rest = split_override_args(args)
+    study = fusion_ablation.make_study(fusion_ablation.build_parser().parse_args(rest))
+    (cell,) = [c for c in study.cells if c.labels["method"] == "shallow"]
+    decoded = []
+    real = scoring.decode_and_score
+
+    def spy(model, params, flags, evalset):
+        decoded.append((evalset.split, flags))
+        return real(model, params, flags, evalset)
+
+    monkeypatch.setattr(scoring, "decode_and_score", spy)
+    for cached in (grid["root"] / "work" / "eval").glob("*.json"):
+        cached.unlink()  # the plain model's test decode, so that it is decoded (and seen) again
+    context = runner.RunContext(grid["root"] / "work", "cpu", study.settings, tuple(overrides))
+    values = cell.run(context)
+    splits = [split for split, _ in decoded]
+    assert splits.count("test") in (1, 2) and splits[-1] == "test", splits
+    assert splits.count("validation") == len(LAMBDAS)  # λ = 0 is the plain model's decode
+    last_choice = max(i for i, s in enumerate(splits) if s == "validation")
+    assert all(s == "validation" for s in splits[: last_choice + 1])
+    assert all(s == "test" for s in splits[last_choice + 1:])
+    fused = [flags for split, flags in decoded if split == "test" and flags.method]
+    chosen = values["weights"]
+    if chosen["lm"]:
+        assert fused == [scoring.fusion_flags("shallow", fused[0].lm, chosen)]
+    assert len({(s, f) for s, f in decoded}) == len(decoded)  # no candidate decoded twice
 
 
 def test_a_failing_cell_is_recorded_and_the_others_finish(grid):
@@ -120,7 +173,7 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(grid):
     md = (grid["root"] / "results" / "fusion_ablation.md").read_text(encoding="utf-8")
     assert "| cold | failed: " in md and "cold_dim" in md
     assert "cpu budget" in md and "BLEU signature: `nrefs:1" in md and "device: " in md
-    assert "first 12 verses" in md
+    assert "a seeded sample of 12 pairs over every book" in md
     assert "Command: `python experiments/fusion_ablation.py --workdir" in md
     log = (grid["root"] / "work" / "cells" / "f100-transformer-cold.log").read_text()
     assert "Traceback" in log and "cold_dim" in log
@@ -129,9 +182,9 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(grid):
 def test_a_rerun_skips_finished_cells_and_retries_failed_ones(grid):
     code, out = grid["second"]
     assert code == 1
-    assert "[1/3] f100-transformer-none: skipped" in out
-    assert "[2/3] f100-transformer-shallow: skipped" in out
-    assert "[3/3] f100-transformer-cold: running (retrying a failed cell)" in out
+    assert "[1/4] f100-transformer-none: skipped" in out
+    assert "[2/4] f100-transformer-shallow: skipped" in out
+    assert "[4/4] f100-transformer-cold: running (retrying a failed cell)" in out
     assert "done: step" not in out  # nothing was trained
     work = grid["root"] / "work"
     assert grid["mtimes"] and checkpoint_mtimes(work) == grid["mtimes"]
@@ -149,7 +202,7 @@ def test_a_recorded_train_command_is_a_no_op_on_its_finished_workdir(grid):
     before = checkpoint_mtimes(workdir.parent)
     result = fast_cli([*args[1:], "--no_progress"])
     assert result.returncode == 0, result.stderr
-    assert f"resuming {workdir} from step {STEPS}" in result.stdout
+    assert f"{workdir} is finished (step {STEPS} of {STEPS}" in result.stdout
     assert checkpoint_mtimes(workdir.parent) == before
 
 
@@ -158,7 +211,11 @@ def test_a_recorded_translate_command_reproduces_the_cells_test_output(grid):
     hypotheses the runner scored."""
     command = grid["rows"]["shallow"]["commands"].split(" && ")[-1]
     args = shlex.split(command)
-    assert args[:2] == ["lmfuse", "translate"] and "--fusion" in args and "--step" in args
+    assert args[:2] == ["lmfuse", "translate"] and "--step" in args
+    assert args[args.index("--sample") + 1] == str(SAMPLE) and "--seed" in args
+    # The fusion flags when validation chose fusion; with every weight 0, the plain decode.
+    no_fusion = grid["rows"]["shallow"]["weights"] == "all weights 0 (no fusion)"
+    assert ("--fusion" not in args) if no_fusion else ("--fusion" in args)
     output = Path(args[args.index("--output") + 1])
     scored = output.read_text(encoding="utf-8")
     assert len(scored.splitlines()) == 12
@@ -176,10 +233,10 @@ def test_translate_names_the_kept_steps_for_a_missing_one(grid):
 
 
 def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
-    args = grid_args(pair_corpus, grid["root"], eval_sentences=5)
+    args = grid_args(pair_corpus, grid["root"], sample=5)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)  # the study names its configs relative to the repository
-        with pytest.raises(LmfuseError, match="eval_sentences"):
+        with pytest.raises(LmfuseError, match="val_sample"):
             runner.run_command_line(fusion_ablation.build_parser(), fusion_ablation.make_study,
                                     args)
 
@@ -219,6 +276,9 @@ def test_report_only_on_an_empty_workdir_is_a_one_line_error(tmp_path):
     (["--methods", "none", "shalow"], "argument --methods: invalid choice: 'shalow'"),
     (["--fractions", "0"], "fraction 0 is not a percentage in (0, 100]"),
     (["--checkpoints", "0"], "--checkpoints=0 must be at least 1"),
+    (["--val_sample", "-1"], "--val_sample=-1 must be >= 0"),
+    (["--lambdas", "-0.1"], "--lambdas -0.1: LM weights are >= 0"),
+    (["--seeds", "1", "1"], "--seeds 1 1 repeats a seed"),
 ])
 def test_a_setting_mistake_is_an_error_that_trains_nothing(tmp_path, args, message):
     result = run_study(SCRIPT, ["--workdir", str(tmp_path / "w"), *args])
@@ -231,31 +291,59 @@ def test_a_setting_mistake_is_an_error_that_trains_nothing(tmp_path, args, messa
 
 def test_settings_take_the_budgets_defaults_and_types():
     args = fusion_ablation.build_parser().parse_args(
-        ["--fractions", "5", "20", "--methods", "none", "shallow", "--eval_sentences", "0"])
+        ["--fractions", "5", "20", "--methods", "none", "shallow", "--test_sample", "0",
+         "--length_rewards"])
     settings = runner.settings_from(args, fusion_ablation.defaults("cpu"))
     assert settings["fractions"] == (5.0, 20.0) and settings["methods"] == ("none", "shallow")
-    assert settings["eval_sentences"] == 0
-    assert settings["checkpoints"] == fusion_ablation.SIZES["cpu"]["checkpoints"]
-    assert settings["backbones"] == ("transformer", "rnn")
+    assert settings["test_sample"] == 0 and settings["length_rewards"] == ()
+    assert settings["val_sample"] >= 500  # the protocol's default validation sample
+    assert settings["checkpoints"] == fusion_ablation.PROTOCOL["checkpoints"]["cpu"]
+    assert settings["backbones"] == ("transformer", "rnn") and settings["seeds"] == (0,)
+
+
+def test_density_ratio_at_full_data_is_not_applicable_and_seeds_name_their_runs(monkeypatch):
+    monkeypatch.chdir(REPO)
+    settings = fusion_ablation.defaults("cpu")
+    plan = fusion_ablation.plan("cpu", settings)
+    cells = fusion_ablation.build_cells(plan, (5.0, 100.0), ("transformer",),
+                                        ("none", "density_ratio"), (0, 1))
+    marked = {c.key: c.not_applicable for c in cells}
+    assert marked["f5-transformer-density_ratio"] == "" == marked["f5-transformer-density_ratio-s1"]
+    assert "shallow fusion with λ − λ_src" in marked["f100-transformer-density_ratio-s1"]
+    ctx = runner.RunContext(Path("unused"), "cpu", {}, ())
+    run = fusion_ablation.s2s_run(ctx, plan, 5.0, "transformer", seed=1)
+    assert run.workdir.endswith("s2s_transformer_f5_s1") and run.load().seed == 1
+    assert fusion_ablation.s2s_run(ctx, plan, 5.0, "transformer").load().seed == 0
 
 
 def _train_steps(run) -> int:
     return run.load().train.steps
 
 
-def test_the_cpu_budget_gives_both_backbones_the_same_training_tokens(monkeypatch):
-    """The tiny RNN trains 16 rows a step and the tiny Transformer 32, so the cpu budget runs
-    the RNN's from-scratch and fine-tuned models for twice the steps; a user's train.steps
-    still wins."""
+def test_the_cpu_budget_gives_both_backbones_the_same_training_data(monkeypatch):
+    """Models trained from scratch get an epoch budget with early stopping (the same epochs
+    whatever the batch); deep and linear fusion fine-tune for steps, which the cpu budget
+    doubles for the tiny RNN (16 rows a step, the Transformer 32); a user's train.steps still
+    wins over the scaling."""
     monkeypatch.chdir(REPO)
     plan = fusion_ablation.plan("cpu", fusion_ablation.defaults("cpu"))
+    sizes = fusion_ablation.SIZES["cpu"]
 
-    def rows_seen(overrides: tuple[str, ...], backbone: str, method: str) -> int:
+    def train(overrides: tuple[str, ...], backbone: str, method: str):
         ctx = runner.RunContext(Path("unused"), "cpu", {}, overrides)
-        run = fusion_ablation.s2s_run(ctx, plan, 5.0, backbone, method)
-        return _train_steps(run) * run.load().train.batch_size
+        return fusion_ablation.s2s_run(ctx, plan, 5.0, backbone, method).load().train
 
-    for method in ("none", "cold", "deep", "linear"):
-        assert rows_seen((), "rnn", method) == rows_seen((), "transformer", method), method
-    user = ("--config.train.steps=7",)
-    assert rows_seen(user, "rnn", "none") * 2 == rows_seen(user, "transformer", "none")
+    for method in ("none", "cold", "lm_prior"):
+        for backbone in ("rnn", "transformer"):
+            budget = train((), backbone, method)
+            assert (budget.epochs, budget.patience) == (sizes["s2s_epochs"], sizes["patience"])
+            # A checkpoint at every evaluation; the best-loss one survives `patience` more.
+            assert budget.checkpoint_every == budget.eval_every == sizes["eval_every"]
+            assert budget.keep_checkpoints >= budget.patience + 1
+    for method in ("deep", "linear"):
+        rows = {b: train((), b, method).steps * train((), b, method).batch_size
+                for b in ("rnn", "transformer")}
+        assert rows["rnn"] == rows["transformer"] and train((), "rnn", method).epochs == 0
+    user = ("--config.train.steps=7", "--config.train.epochs=0", "--config.train.patience=0")
+    rnn, transformer = train(user, "rnn", "none"), train(user, "transformer", "none")
+    assert rnn.steps * 2 * rnn.batch_size == transformer.steps * transformer.batch_size

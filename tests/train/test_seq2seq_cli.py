@@ -62,7 +62,7 @@ def test_eval_on_a_seeded_sample_writes_its_ids_and_sacrebleu_intervals(s2s_work
 def test_translate_a_sample_with_fusion_reports_intervals_against_none_and_copy(s2s_workdir):
     """ILME with μ = 0 is the model itself: its BLEU equals the plain decoding's, and both
     comparisons are sacrebleu's paired bootstrap on the same seeded sample."""
-    result = run_cli(["translate", "--workdir", str(s2s_workdir), "--split", "test", "--beam", "1",
+    result = run_cli(["translate", "--workdir", str(s2s_workdir), "--split", "test", "--beam", "2",
                       "--sample", "10", "--seed", "1", "--fusion", "ilme", "--ilm_weight", "0"])
     assert result.returncode == 0, result.stderr
     report = json.loads((s2s_workdir / "translate_test.json").read_text())
@@ -149,3 +149,21 @@ def test_translate_refuses_a_language_model_workdir(language_model):
     result = run_cli(["translate", "--workdir", str(language_model), "--split", "test"])
     assert result.returncode == 2
     assert "translate needs an encoder-decoder" in result.stderr
+
+
+@pytest.mark.parametrize("mu, reward, monotone", [(0.0, 0.0, True), (0.3, 0.0, False),
+                                                  (0.0, 0.5, False)])
+def test_a_zero_weight_removes_its_term_from_beam_ranking_too(s2s_workdir, mu, reward, monotone):
+    """ILME with μ = 0 and no reward scores tokens <= 0: beam search ranks it as the plain
+    model (GNMT), not by the raw sum that positive scores need (lmfuse/decode/beam.py)."""
+    from flax import linen as nn
+
+    from lmfuse.decode.beam import ranking_alpha
+    from lmfuse.evaluate.fusion_setup import FusionFlags, build_decode_fusion
+    from lmfuse.train.workdir import load_model
+
+    model, params, _ = load_model(s2s_workdir)
+    flags = FusionFlags("ilme", ilm_weight=mu, length_reward=reward)
+    decoder, _ = build_decode_fusion(model, nn.meta.unbox(params), flags, 8)
+    assert decoder.monotone is monotone
+    assert ranking_alpha(decoder, 0.6) == (0.6 if monotone else 0.0)

@@ -1,0 +1,187 @@
+"""How long a run trains: a step budget (or one in epochs), early stopping on validation loss,
+and the record a run leaves at its workdir's root.
+
+    train.epochs > 0    budget = ceil(epochs * steps_per_epoch), steps_per_epoch = the rows one
+                        pass of the training pipeline makes (packed rows if data.pack, else
+                        examples kept) / the rows of a step; else budget = train.steps
+    train.patience > 0  stop once the validation nll has not beaten its best by more than
+                        train.min_delta for `patience` evaluations in a row
+    training.json       steps, epochs and wall seconds done, the budget, early stopping:
+                        `training_record(workdir)` reads it
+
+The early-stopping state and the wall time so far travel in each checkpoint (`Progress`, its
+`progress` item), so a resumed run stops at the step an uninterrupted one stops at, and a run
+that stopped early stays finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jax
+import ml_collections
+
+from lmfuse.data import corpora
+from lmfuse.data.pipeline import PipelineOptions, make_dataset
+from lmfuse.data.tokenizer import Tokenizer
+from lmfuse.errors import LmfuseError
+from lmfuse.train import checkpoint
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
+
+RECORD = "training.json"
+
+
+def check_config(train_cfg: ml_collections.ConfigDict) -> None:
+    """One-line errors for budget and early-stopping settings that cannot work."""
+    if train_cfg.epochs < 0:
+        raise LmfuseError(f"train.epochs={train_cfg.epochs} must be >= 0 (0: train.steps counts)")
+    if train_cfg.patience < 0 or train_cfg.min_delta < 0:
+        raise LmfuseError(f"train.patience={train_cfg.patience} and train.min_delta="
+                          f"{train_cfg.min_delta} must be >= 0 (patience 0: no early stopping)")
+    if train_cfg.patience and train_cfg.eval_every <= 0:
+        raise LmfuseError(f"train.patience={train_cfg.patience} needs validation evaluations: "
+                          "set train.eval_every > 0, or train.patience=0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    steps: int
+    rows_per_epoch: int | None = None  # global rows of one pass (None: not counted)
+    batch_size: int = 0  # global rows per step
+
+    @property
+    def steps_per_epoch(self) -> float | None:
+        return self.rows_per_epoch / self.batch_size if self.rows_per_epoch else None
+
+
+def step_budget(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Budget:
+    """train.steps, or (train.epochs > 0) the steps of that many passes over the training data."""
+    train_cfg = config.train
+    if train_cfg.epochs <= 0:
+        return Budget(train_cfg.steps)
+    rows = rows_per_epoch(config, tokenizer)
+    # Rounded first, so that e.g. 0.1 epochs of 30 steps is 3 steps, not 4.
+    steps = max(1, math.ceil(round(train_cfg.epochs * rows / train_cfg.batch_size, 6)))
+    return Budget(steps, rows, train_cfg.batch_size)
+
+
+def rows_per_epoch(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> int:
+    """Global rows of one pass over the training split: the training pipeline (same order,
+    packing and filters) run once over process 0's shard, times the processes, so every
+    process finds the same count. Training repeats the data without a break, so packing across
+    an epoch's end saves at most a fraction of a row per bin."""
+    options = PipelineOptions.from_config(config, "train", num_epochs=1, drop_remainder=False,
+                                          shard_index=0)
+    dataset = make_dataset(corpora.load_examples(config, "train").dataset, tokenizer, options)
+    rows = sum(batch["inputs"].shape[0] for batch in dataset)
+    if not rows:
+        raise LmfuseError("the training split has no examples; check data.files / data.corpus")
+    return rows * jax.process_count()
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint keeps of the run besides its state (stored as JSON)."""
+
+    wall_seconds: float = 0.0  # time in the loop up to this checkpoint, summed over resumes
+    best_loss: float | None = None  # the best validation nll so far, and its step
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+
+    @classmethod
+    def from_json(cls, stored: dict) -> Progress:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in fields})
+
+    @classmethod
+    def restore(cls, manager: ocp.CheckpointManager, step: int) -> Progress:
+        """The progress saved with checkpoint `step` (the defaults if it was saved without)."""
+        return cls.from_json(checkpoint.read_progress(manager, step))
+
+    def observe(self, step: int, loss: float, patience: int, min_delta: float) -> None:
+        """Takes one evaluation's validation nll; sets `stopped_early` when patience runs out."""
+        if self.best_loss is None or loss < self.best_loss - min_delta:
+            self.best_loss, self.best_step, self.evals_since_best = float(loss), step, 0
+        else:
+            self.evals_since_best += 1
+        self.stopped_early = 0 < patience <= self.evals_since_best
+
+
+def record(budget: Budget, step: int, progress: Progress) -> dict:
+    """The run as training.json holds it (and `train` returns it)."""
+    per_epoch = budget.steps_per_epoch
+    return {
+        "steps": step,
+        "step_budget": budget.steps,
+        "finished": progress.stopped_early or step >= budget.steps,
+        "stopped_early": progress.stopped_early,
+        "epochs": step / per_epoch if per_epoch else None,
+        "steps_per_epoch": per_epoch,
+        "rows_per_epoch": budget.rows_per_epoch,
+        "wall_seconds": progress.wall_seconds,
+        "best_validation_step": progress.best_step,
+        "best_validation_loss": progress.best_loss,
+    }
+
+
+def describe(record: dict) -> str:
+    """'step 120 of 400, 2.50 epochs, 31s, stopped early (best validation loss 3.1 at step 80)'"""
+    text = f"step {record['steps']} of {record['step_budget']}"
+    if record.get("epochs") is not None:
+        text += f", {record['epochs']:.2f} epochs"
+    if record.get("wall_seconds") is not None:
+        text += f", {record['wall_seconds']:.0f}s"
+    if record.get("stopped_early"):
+        text += (f", stopped early (best validation loss {record['best_validation_loss']:.4f} "
+                 f"at step {record['best_validation_step']})")
+    return text
+
+
+def write_record(workdir: str | Path, values: dict) -> None:
+    path = Path(workdir) / RECORD
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def training_record(workdir: str | Path) -> dict | None:
+    """The workdir's training.json (None if it has none): `steps`, `step_budget`, `finished`
+    (the budget is spent or the run stopped early), `stopped_early`, `epochs`, `steps_per_epoch`
+    and `rows_per_epoch` (None unless train.epochs > 0), `wall_seconds` (time in the training
+    loop up to the last checkpoint, summed over resumes; None for a checkpoint saved before
+    runs kept it), `best_validation_step` and `best_validation_loss` (None without
+    evaluations)."""
+    path = Path(workdir) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def finished(workdir: str | Path, budget: Budget) -> dict | None:
+    """The record of a workdir that has nothing left to train under `budget` (written to
+    training.json and printed on the main process), else None."""
+    if not checkpoint.checkpoint_dir(workdir).is_dir():
+        return None
+    manager = checkpoint.make_manager(workdir, read_only=True)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        stored = checkpoint.read_progress(manager, step)
+    finally:
+        manager.close()
+    done = record(budget, step, Progress.from_json(stored))
+    if not done["finished"]:
+        return None
+    if not stored:  # saved before runs kept their time
+        done["wall_seconds"] = None
+    if jax.process_index() == 0:
+        write_record(workdir, done)
+        print(f"{workdir} is finished ({describe(done)}); nothing to train")
+    return done

@@ -1,0 +1,137 @@
+"""Budgets in epochs, early stopping on validation loss (also across a resume), and the
+training record a run leaves in its workdir."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import tiny_lm_overrides, tiny_lm_spec
+
+from lmfuse.config import load_config
+from lmfuse.data import corpora
+from lmfuse.errors import LmfuseError
+from lmfuse.train import budget
+from lmfuse.train.loop import train, training_record
+from lmfuse.train.optim import build_schedule
+from lmfuse.train.workdir import load_model, params_digest
+
+# Learning fades out (lr x 0.01 every 10 steps): the validation loss improves by more than
+# min_delta until about step 20, then by less, so patience runs out a few evaluations later.
+FADING = {"train.eval_every": 5, "train.patience": 3, "train.min_delta": 1e-4,
+          "train.checkpoint_every": 10, "optimizer.schedule": "exponential",
+          "optimizer.learning_rate": 0.01, "optimizer.transition_steps": 10,
+          "optimizer.decay_rate": 0.01}
+
+
+def tiny_config(corpus, **extra):
+    return load_config(tiny_lm_spec("transformer"), tiny_lm_overrides(corpus, **extra))
+
+
+def digest(workdir: Path) -> str:
+    return params_digest(load_model(workdir)[1])
+
+
+def validation_steps(workdir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if row["split"] == "validation"]
+
+
+def test_epochs_set_the_step_budget_from_the_rows_of_one_pass(text_corpus):
+    examples = len(Path(text_corpus["train"]).read_text().splitlines())
+    unpacked = tiny_config(text_corpus, **{"data.pack": False, "train.epochs": 2.5})
+    tokenizer = corpora.prepare(unpacked)
+    plan = budget.step_budget(unpacked, tokenizer)
+    assert plan.rows_per_epoch == examples  # one row per verse
+    assert plan.steps_per_epoch == examples / 8
+    assert plan.steps == math.ceil(2.5 * examples / 8)
+
+    packed = tiny_config(text_corpus, **{"train.epochs": 1.0})
+    rows = budget.step_budget(packed, tokenizer).rows_per_epoch
+    # A row holds 32 tokens: at least the tokens over 32, at most one verse per row.
+    lengths = [min(len(ids), 31) + 1 for ids in tokenizer.encode_batch(
+        Path(text_corpus["train"]).read_text().splitlines())]
+    assert math.ceil(sum(lengths) / 32) <= rows < examples
+
+    assert budget.step_budget(tiny_config(text_corpus), tokenizer) == budget.Budget(40)
+
+
+def test_an_epoch_budget_trains_that_many_steps_and_records_them(text_corpus, tmp_path):
+    config = tiny_config(text_corpus, **{"data.pack": False, "train.epochs": 0.05})
+    summary = train(config, tmp_path, progress=False)
+    per_epoch = len(Path(text_corpus["train"]).read_text().splitlines()) / 8
+    steps = math.ceil(0.05 * per_epoch)
+    record = training_record(tmp_path)
+    assert record == {k: summary[k] for k in record}
+    assert record["steps"] == record["step_budget"] == steps != config.train.steps
+    assert record["epochs"] == pytest.approx(steps / per_epoch)
+    assert record["finished"] and not record["stopped_early"]
+    assert record["wall_seconds"] > 0 and record["best_validation_step"] is None
+    # The learning-rate schedule spans the budget, not train.steps.
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["lr"] == pytest.approx(float(build_schedule(config.optimizer, steps)(steps - 1)))
+    # A checkpoint saved before checkpoints kept their progress: finished, its time unknown.
+    shutil.rmtree(tmp_path / "checkpoints" / str(steps) / "progress")
+    assert train(config, tmp_path, progress=False) == {**record, "wall_seconds": None}
+
+
+def test_patience_stops_after_that_many_evaluations_without_improvement(text_corpus, tmp_path,
+                                                                       capsys):
+    # A learning rate of 1e-30 changes no parameter a float32 can see: the loss never improves.
+    config = tiny_config(text_corpus, **{
+        "train.eval_every": 5, "train.patience": 2, "optimizer.schedule": "constant",
+        "optimizer.learning_rate": 1e-30})
+    summary = train(config, tmp_path, progress=False)
+    assert summary["steps"] == 15 < summary["step_budget"] == 40  # evaluations at 5, 10, 15
+    assert summary["stopped_early"] and summary["finished"]
+    assert summary["best_validation_step"] == 5
+    assert validation_steps(tmp_path) == [5, 10, 15]
+    assert load_model(tmp_path)[2] == 15  # the final checkpoint is at the stopping step
+    record = training_record(tmp_path)
+    assert "stopped early" in capsys.readouterr().out
+
+    # Training the stopped workdir again trains nothing.
+    again = train(config, tmp_path, progress=False)
+    assert "is finished" in capsys.readouterr().out
+    assert again == record == training_record(tmp_path)
+    assert validation_steps(tmp_path) == [5, 10, 15]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["15"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(text_corpus, tmp_path_factory) -> tuple[dict, str]:
+    workdir = tmp_path_factory.mktemp("straight")
+    summary = train(tiny_config(text_corpus, **{**FADING, "train.steps": 80}), workdir,
+                    progress=False)
+    return summary, digest(workdir)
+
+
+def test_a_resumed_run_stops_where_an_uninterrupted_one_stops(text_corpus, tmp_path, straight_run):
+    straight, straight_digest = straight_run
+    # The interruption must fall between the best evaluation and the stop, so the restored
+    # early-stopping state decides where the resumed run stops.
+    assert straight["stopped_early"] and straight["best_validation_step"] < 30 < straight["steps"]
+    first = train(tiny_config(text_corpus, **{**FADING, "train.steps": 30}), tmp_path,
+                  progress=False)
+    assert first["steps"] == 30 and not first["stopped_early"]
+    resumed = train(tiny_config(text_corpus, **{**FADING, "train.steps": 80}), tmp_path,
+                    progress=False)
+    assert resumed["start_step"] == 30
+    for key in ("steps", "stopped_early", "best_validation_step", "best_validation_loss"):
+        assert resumed[key] == straight[key]
+    assert digest(tmp_path) == straight_digest
+    assert resumed["wall_seconds"] > first["wall_seconds"]  # summed over both runs
+
+
+def test_patience_without_evaluations_is_a_one_line_error(text_corpus, tmp_path):
+    config = tiny_config(text_corpus, **{"train.patience": 3, "train.eval_every": 0})
+    with pytest.raises(LmfuseError, match="train.patience=3 needs validation") as error:
+        train(config, tmp_path, progress=False)
+    assert "\n" not in str(error.value) and "train.eval_every" in str(error.value)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(LmfuseError, match="train.epochs=-1.0 must be >= 0"):
+        train(tiny_config(text_corpus, **{"train.epochs": -1.0}), tmp_path, progress=False)
+    assert training_record(tmp_path) is None
