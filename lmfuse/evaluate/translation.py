@@ -88,8 +88,11 @@ def split_examples(config: ml_collections.ConfigDict, split: str
         raise LmfuseError(f"--split needs a translate-view workdir, this one has {config.data.view!r}")
     ids, sources, references = [], [], []
     all_ids = corpora.example_ids(config, split)
-    for example_id, example in zip(all_ids, corpora.load_examples(config, split).dataset,
-                                   strict=True):
+    dataset = corpora.load_examples(config, split).dataset
+    # By index: iterating a Grain MapDataset skips the None (filtered) examples, which would
+    # shift every id after the first of them.
+    for example_id, index in zip(all_ids, range(len(dataset)), strict=True):
+        example = dataset[index]
         if example is not None:
             ids.append(example_id)
             sources.append(example["source"])
