@@ -4,6 +4,7 @@ lmfuse train --config configs/s2s_transformer.py --workdir workdirs/s2s_transfor
 lmfuse train --config configs/s2s_transformer.py:tiny --workdir workdirs/s2s_transformer_tiny
 lmfuse train --config configs/s2s_transformer.py:tiny --config.data.source=kjv ...   # KJV -> ASV
 lmfuse train --config configs/s2s_transformer.py:tiny --config.data.source=rv1909 ...  # es -> en
+    (Spanish needs Debian's SWORD module: apt-get install sword-text-sparv)
 """
 
 from presets import s2s_config, tiny_variant

@@ -18,8 +18,9 @@ from lmfuse.models.registry import fusion_defaults, model_defaults
 
 def data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    # Corpus: 'bible' (versions below, plus 'rv1909' for Spanish), a TFDS name such as 'lm1b' or
-    # 'wmt14_translate/de-en', or 'text' for the user's own files.
+    # Corpus: 'bible' (versions below, plus 'rv1909' for Spanish, which needs Debian's
+    # sword-text-sparv), a TFDS name such as 'lm1b' or 'wmt14_translate/de-en' (downloaded by
+    # `lmfuse data prepare` only), or 'text' for the user's own files.
     c.corpus = "bible"
     c.view = "lm"  # 'lm' (monolingual text) or 'translate' (source -> target pairs)
     c.data_dir = ""  # '' means $LMFUSE_DATA_DIR, else ~/.cache/lmfuse
@@ -68,8 +69,10 @@ def tokenizer_config() -> ml_collections.ConfigDict:
     c.character_coverage = 1.0
     # The tokenizer is trained on the train split of these Bible versions, whatever the view,
     # so an LM and a seq2seq model prepared from the same settings share one vocabulary.
-    # Non-Bible corpora train on their own train text.
-    c.versions = "all,rv1909"
+    # '' (the default): 'all' (every validated English version), or 'all,rv1909' when
+    # data.versions, data.source or data.target names rv1909 (only then is SWORD needed);
+    # see `lmfuse.data.corpora.tokenizer_spec`. Non-Bible corpora train on their own train text.
+    c.versions = ""
     c.max_sentences = 2_000_000
     # A trained SentencePiece model to use as it is ('' = train one from the data, or find it
     # cached), so runs on different text (an LM and a seq2seq model) can share one vocabulary.

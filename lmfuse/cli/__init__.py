@@ -3,14 +3,16 @@
     lmfuse data prepare --config C [--data_dir D] [--config.key=value ...]
     lmfuse data show    --config C [--n 3]        [--config.key=value ...]
     lmfuse train   --config C --workdir W [--config.key=value ...]   (resumes if W has a checkpoint)
-    lmfuse eval    --workdir W [--split validation|test]
+    lmfuse eval    --workdir W [--split validation|test] [--output F.json]
     lmfuse inspect --workdir W
     lmfuse sample  --workdir W --prompt "..." [--max_len N --temperature T --top_k K --beam K ...]
     lmfuse translate --workdir W [--input F | --split test] [--output F] [--beam K]
 
 Studies are scripts: `python experiments/<study>.py --help`.
 
-A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2.
+A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2;
+so is a command-line mistake argparse finds (`lmfuse eval: error: ...`, without the usage block,
+which `--help` prints).
 Each subcommand module has `add_parser(subcommands)`, which names its handler: `run(args,
 overrides)` for the commands that read a config file, `run(args)` for those that read the
 config stored in a workdir.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lmfuse.cli import data, inspect, sample, train, translate
 from lmfuse.cli import eval as eval_command
@@ -30,8 +33,16 @@ from lmfuse.errors import LmfuseError
 SUBCOMMANDS = (data, train, eval_command, inspect, sample, translate)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other user mistake: the usage block it
+    prints first would bury the cause. Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="lmfuse",
         description="Train LMs and seq2seq models in JAX/Flax, and fuse them.",
         epilog="Any config key can be overridden with --config.key=value.",
@@ -78,4 +89,4 @@ def quiet_library_logs() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-__all__ = ["build_parser", "main", "quiet_library_logs", "run"]
+__all__ = ["OneLineParser", "build_parser", "main", "quiet_library_logs", "run"]

@@ -5,7 +5,6 @@ copy-the-source baseline)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,11 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="validation", choices=("validation", "test"))
     p.add_argument("--beam", type=int, default=0, help="seq2seq: beam size (0: config)")
-    add_sample_flags(p, "eval_<split>_ids.txt")
+    p.add_argument("--output", default=None,
+                   help="results file (default: <workdir>/eval_<split>.json); a seq2seq's "
+                        "hypotheses and sample ids go beside it (<name>_hypotheses.txt, "
+                        "<name>_ids.txt)")
+    add_sample_flags(p, "<output>_ids.txt")
     return p
 
 
@@ -33,15 +36,23 @@ def add_sample_flags(p: argparse.ArgumentParser, ids_file: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Prints the results and writes them to <workdir>/eval_<split>.json."""
+    """Prints the results and writes them to --output (default <workdir>/eval_<split>.json)."""
+    from lmfuse.cli.paths import json_text, output_to_write, workdir_to_read, write_files
+    from lmfuse.errors import LmfuseError
+
+    if args.sample < 0:
+        raise LmfuseError(f"--sample {args.sample} must be >= 0 (0: the whole split)")
+    workdir_to_read(args.workdir)
+    outputs = output_paths(args)
+    fix = ("pass --output <file.json> in a writable folder" if args.output is None
+           else "pass --output elsewhere")
+    for path in outputs.values():  # before the model loads: no result is computed in vain
+        output_to_write(path, fix)
+
     from lmfuse.models.registry import SEQ2SEQ_NAMES
     from lmfuse.train.evaluation import evaluate
     from lmfuse.train.workdir import load_model
 
-    if args.sample < 0:
-        from lmfuse.errors import LmfuseError
-
-        raise LmfuseError(f"--sample {args.sample} must be >= 0 (0: the whole split)")
     model, params, step = load_model(args.workdir)
     result = evaluate(model, params, args.split)
     result["step"] = step
@@ -52,16 +63,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kind = "masked-token" if model.objective.name == "mlm" else "next-token"
     print(f"{line}; {kind} accuracy {100 * result['accuracy']:.2f}% over "
           f"{int(result['tokens'])} tokens")
+    files = {}
     if model.config.model.name in SEQ2SEQ_NAMES and model.config.data.view == "translate":
-        result.update(_translation_scores(model, params, args))
-    out = Path(args.workdir) / f"eval_{args.split}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"(written to {out})")
+        scores, hypotheses, ids = _translation_scores(model, params, args)
+        result.update(scores)
+        files[outputs["hypotheses"]] = "".join(h + "\n" for h in hypotheses)
+        files[outputs["ids"]] = "".join(i + "\n" for i in ids)
+    files[outputs["results"]] = json_text(result)  # NaN (a diverged model) is written as null
+    write_files(files, f"the results are printed above; {fix}")
+    print(f"(written to {outputs['results']})")
     return result
 
 
-def _translation_scores(model, params, args: argparse.Namespace) -> dict[str, Any]:
-    """Beam-search the split and score it, with the copy-the-source baseline."""
+def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """The results file (--output, default <workdir>/eval_<split>.json) and, beside it, a
+    seq2seq's hypotheses and sample ids: eval_test.json -> eval_test_hypotheses.txt,
+    eval_test_ids.txt."""
+    results = Path(args.output) if args.output else Path(args.workdir) / f"eval_{args.split}.json"
+    stem = results.with_suffix("") if results.suffix == ".json" else results
+    return {"results": results,
+            "hypotheses": stem.with_name(f"{stem.name}_hypotheses.txt"),
+            "ids": stem.with_name(f"{stem.name}_ids.txt")}
+
+
+def _translation_scores(model, params, args: argparse.Namespace
+                        ) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Beam-search the split and score it, with the copy-the-source baseline: (scores,
+    hypotheses, the pairs' ids)."""
     from flax import linen as nn
 
     from lmfuse.decode import seq2seq_decode_step
@@ -76,13 +104,9 @@ def _translation_scores(model, params, args: argparse.Namespace) -> dict[str, An
                                            progress=sys.stderr.isatty())
     out, scores = translate_and_score(seq2seq_decode_step(model.model), nn.meta.unbox(params),
                                       model.tokenizer, sources, references, options)
-    workdir = Path(args.workdir)
-    (workdir / f"eval_{args.split}_hypotheses.txt").write_text(
-        "".join(h + "\n" for h in out.hypotheses), encoding="utf-8")
-    (workdir / f"eval_{args.split}_ids.txt").write_text("".join(i + "\n" for i in ids))
     what = f"{len(ids)} sampled with seed {args.seed}" if args.sample else "all"
     print(format_report(scores, f"{args.workdir} {args.split}, {what} (beam {options.beam_size})"))
     scores["confidence"] = protocol.against_copy(out.hypotheses, sources, references, args.seed)
     scores["sample"] = {"size": args.sample, "seed": args.seed, "num_ids": len(ids)}
     print(protocol.format_confidence(scores["confidence"]))
-    return scores
+    return scores, out.hypotheses, ids

@@ -14,6 +14,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 def run(args: argparse.Namespace) -> str:
     """Prints the description; returns the parameters' SHA-256."""
+    from lmfuse.cli.paths import workdir_to_read
+
+    workdir_to_read(args.workdir)  # before JAX loads
     from lmfuse.train.workdir import count_by_module, describe, load_model, params_digest
 
     model, params, step = load_model(args.workdir)

@@ -11,7 +11,7 @@ All prompts run as one left-padded batch through one compiled program.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 from lmfuse.errors import LmfuseError
 
@@ -36,12 +36,16 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def _check(args: argparse.Namespace) -> list[str]:
+    from lmfuse.cli.paths import read_text_lines, workdir_to_read
+
+    workdir_to_read(args.workdir)
     prompts = list(args.prompt)
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise LmfuseError(f"--prompts_file {path} does not exist")
-        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines, invalid = read_text_lines(args.prompts_file, "--prompts_file")
+        if invalid:  # read as translate reads --input: bad bytes become U+FFFD
+            print(f"{invalid} prompt line(s) held bytes that are not UTF-8; they were read as "
+                  "U+FFFD (the replacement character)", file=sys.stderr)
+        prompts += [line for line in lines if line.strip()]
     if not prompts:
         raise LmfuseError("give at least one --prompt or a non-empty --prompts_file")
     if args.max_len <= 0:
@@ -72,9 +76,16 @@ def run(args: argparse.Namespace) -> list[list[str]]:
     from flax import linen as nn
 
     from lmfuse.decode import beam_search, lm_decode_step, sample
+    from lmfuse.models.registry import LM_NAMES
     from lmfuse.tokens import BOS_ID, PAD_ID
-    from lmfuse.train.workdir import load_model
+    from lmfuse.train.workdir import load_model, load_workdir_config
 
+    name = load_workdir_config(args.workdir).model.name  # the stored config: no params read
+    if name not in LM_NAMES:
+        raise LmfuseError(
+            f"{args.workdir} holds a {name!r} model; sample needs a decoder-only LM "
+            f"({', '.join(LM_NAMES)}); use lmfuse translate for an encoder-decoder"
+        )
     trainer, params, step = load_model(args.workdir)
     tokenizer, model = trainer.tokenizer, trainer.model
     encoded = [[BOS_ID, *ids] for ids in tokenizer.encode_batch(prompts)]

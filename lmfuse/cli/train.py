@@ -9,6 +9,7 @@ from pathlib import Path
 import ml_collections
 
 from lmfuse.cli.config_args import add_config_args, load
+from lmfuse.cli.paths import workdir_to_write
 from lmfuse.errors import LmfuseError
 
 
@@ -23,6 +24,11 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 def run(args: argparse.Namespace, overrides: Sequence[str]) -> None:
     config = load(args, overrides)
+    from lmfuse.train.trainer import check_config
+
+    # Config and workdir first: a refused run creates no workdir and prepares no data.
+    check_config(config)
+    workdir_to_write(args.workdir)
     check_workdir_config(args.workdir, config)
     from lmfuse.train.loop import train
 

@@ -8,14 +8,19 @@
 
 With `--split`, the split's sources are translated and scored against its references (BLEU,
 chrF, ROUGE-L, PINC, and the copy-the-source baseline). With `--input`, every line of F is
-translated; output line i is the translation of input line i (empty for an empty line).
+translated; output line i is the translation of input line i (empty for an empty line). Bytes
+of F that are not UTF-8 are read as U+FFFD, the replacement character, which the tokenizer's
+byte fallback encodes like any character outside the vocabulary; the lines that held such
+bytes are counted on stderr.
+
+Every file it will write (the hypotheses, and with --split their ids and scores) is checked
+before the model loads; a default location that is not writable fails there, naming --output.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +37,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.set_defaults(handler=run, reads_config_file=False)
     p.add_argument("--workdir", required=True)
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--input", default=None, help="a text file, one source per line")
+    source.add_argument("--input", default=None,
+                        help="a text file, one source per line (bytes that are not UTF-8 are "
+                             "read as U+FFFD, and the lines holding them counted)")
     source.add_argument("--split", default=None, choices=("validation", "test"),
                         help="translate and score a split of the workdir's dataset")
     p.add_argument("--output", default=None,
@@ -72,7 +79,8 @@ def _check(args: argparse.Namespace) -> None:
     if args.input is None and args.split is None:
         args.split = "test"
     if args.input is not None and not Path(args.input).is_file():
-        raise LmfuseError(f"--input {args.input} does not exist")
+        what = "is not a file" if Path(args.input).exists() else "does not exist"
+        raise LmfuseError(f"--input {args.input} {what}")
     if args.sample and args.input is not None:
         raise LmfuseError("--sample draws from a split; use it with --split, not --input")
     for flag in ("step", "beam", "max_len", "batch_size", "sample"):
@@ -80,17 +88,49 @@ def _check(args: argparse.Namespace) -> None:
             raise LmfuseError(f"--{flag}={getattr(args, flag)} must be >= 0")
 
 
-def _read_lines(path: str) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the file's final newline ends the last line; it is not a line
-    return lines
+def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """The files a run writes: the hypotheses (--output, default <workdir>/translate_<split>.txt
+    with --split, else stdout: none) and, with --split, their ids and scores beside them."""
+    if args.output is None and not args.split:
+        return {}
+    output = Path(args.output or Path(args.workdir) / f"translate_{args.split}.txt")
+    if not args.split:
+        return {"hypotheses": output}
+    ids_path, json_path = _beside(output)
+    return {"hypotheses": output, "ids": ids_path, "scores": json_path}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Translates, writes the hypotheses, and (for a split) prints and returns the scores."""
+    from lmfuse.cli.paths import (
+        json_text,
+        output_to_write,
+        read_text_lines,
+        workdir_to_read,
+        write_files,
+    )
+
     _check(args)
     flags = fusion_flags(args)  # flag mistakes fail before any model is loaded
+    # Paths next, before the model loads: a bad one fails in a second, not after decoding.
+    workdir_to_read(args.workdir)
+    for flag, workdir in (("--lm", flags.lm), ("--source_lm", flags.source_lm)):
+        if workdir:
+            workdir_to_read(workdir, flag)
+    outputs = output_paths(args)
+    fix = ("pass --output <file.txt> in a writable folder" if args.output is None
+           else "pass --output elsewhere")
+    for path in outputs.values():  # before decoding: no hypothesis is computed in vain
+        output_to_write(path, fix)
+    if args.input is not None and outputs and outputs["hypotheses"].exists() \
+            and outputs["hypotheses"].samefile(args.input):
+        raise LmfuseError(f"--output {args.output} is the --input file, which the hypotheses "
+                          "would overwrite; pass --output elsewhere")
+    if args.input is not None:
+        lines, invalid = read_text_lines(args.input, "--input")
+        if invalid:
+            print(f"{invalid} input line(s) held bytes that are not UTF-8; they were read as "
+                  "U+FFFD (the replacement character) and translated", file=sys.stderr)
     from flax import linen as nn
 
     from lmfuse.decode import seq2seq_decode_step
@@ -104,22 +144,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         translate_lines,
     )
     from lmfuse.models.registry import SEQ2SEQ_NAMES
-    from lmfuse.train.workdir import load_model
+    from lmfuse.train.workdir import load_model, load_workdir_config
 
+    name = load_workdir_config(args.workdir).model.name  # the stored config: no params read
+    if name not in SEQ2SEQ_NAMES:
+        raise LmfuseError(
+            f"{args.workdir} holds a {name!r} model; translate needs an encoder-decoder "
+            f"({', '.join(SEQ2SEQ_NAMES)}); use lmfuse sample for an LM"
+        )
     model, params, step = load_model(args.workdir, args.step or None)
     config = model.config
-    if config.model.name not in SEQ2SEQ_NAMES:
-        raise LmfuseError(
-            f"{args.workdir} holds a {config.model.name!r} model; translate needs an "
-            f"encoder-decoder ({', '.join(SEQ2SEQ_NAMES)}); use lmfuse sample for an LM"
-        )
     ids = None
     if args.split:
         ids, lines, references = split_examples(config, args.split)
         ids, (lines, references) = protocol.sample_split(ids, (lines, references), args.sample,
                                                          args.seed)
     else:
-        lines, references = _read_lines(args.input), None
+        references = None
     options = TranslateOptions.from_config(
         config, beam_size=args.beam, alpha=args.alpha, max_new_tokens=args.max_len,
         batch_size=args.batch_size, progress=sys.stderr.isatty(),
@@ -139,19 +180,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{result.truncated} source line(s) longer than {options.max_source_tokens - 1} "
               "tokens were truncated", file=sys.stderr)
     text = "".join(h + "\n" for h in result.hypotheses)
-    output = args.output or (str(Path(args.workdir) / f"translate_{args.split}.txt")
-                             if args.split else None)
-    if output:
-        Path(output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
     if scores is None:
+        if outputs:
+            _write_or_show(outputs["hypotheses"], text, fix)
+        else:
+            sys.stdout.write(text)
         return {"hypotheses": result.hypotheses}
 
     scores.update(step=step, split=args.split, fusion=dataclasses.asdict(flags),
                   sample={"size": args.sample, "seed": args.seed, "num_ids": len(ids)})
-    ids_path, json_path = _beside(Path(output))
-    ids_path.write_text("".join(i + "\n" for i in ids))
+    # The hypotheses first: everything after them is scoring, and they are the hours of work.
+    _write_or_show(outputs["hypotheses"], text, fix)
     method = f", {flags.method} fusion" if flags.method else ""
     print(format_report(scores, f"{args.workdir} {args.split} (step {step}, beam "
                                 f"{options.beam_size}{method})"))
@@ -169,9 +208,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"paired bootstrap vs {baseline} (sacrebleu, seed {args.seed}): BLEU "
               f"{r['bleu']:.2f} ({r['bleu_mean']:.2f} ± {r['bleu_ci']:.2f}, p = {r['bleu_p']:.4f}),"
               f" {baseline} {report[baseline]['bleu']:.2f}")
-    json_path.write_text(json.dumps(scores, indent=2) + "\n")
-    print(f"(hypotheses in {output}, scores in {json_path}, ids in {ids_path})")
+    write_files({outputs["ids"]: "".join(i + "\n" for i in ids),
+                 outputs["scores"]: json_text(scores)},  # NaN is written as null
+                f"the scores are printed above; {fix}")
+    print(f"(hypotheses in {outputs['hypotheses']}, scores in {outputs['scores']}, "
+          f"ids in {outputs['ids']})")
     return scores
+
+
+def _write_or_show(path: Path, text: str, fix: str) -> None:
+    """Writes the hypotheses; if that fails after all (a full disk), they go to stdout
+    before the one-line error, so a long decode is never lost."""
+    from lmfuse.cli.paths import write_files
+
+    try:
+        write_files({path: text}, fix)
+    except LmfuseError as e:
+        sys.stdout.write(text)
+        raise LmfuseError(f"{e} (the hypotheses went to stdout instead)") from None
 
 
 def _beside(output: Path) -> tuple[Path, Path]:

@@ -15,12 +15,13 @@ Splits follow Carlson et al. 2018 by book (see `bible_ids.SPLIT_BOOKS`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lmfuse.data import bible, bible_ids, bible_text, sword
+from lmfuse.data import bible, bible_ids, bible_text, partial, sword
 from lmfuse.errors import LmfuseError
 
 SPLITS = ("train", "validation", "test")
@@ -98,8 +99,7 @@ class BibleEs(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         # Reading SWORD takes about half a minute; the JSON cache makes re-preparing cheap.
-        cache = Path(self.data_dir_root) / "cache" / "rv1909.json"
-        texts = sword.read_rv1909(cache_path=cache)
+        texts = sword.read_rv1909(cache_path=rv1909_cache(self.data_dir_root))
         report = sword.check_rv1909(texts)
         if not report.passed:
             raise LmfuseError(f"Reina-Valera 1909 failed its alignment check: {report.summary()}")
@@ -113,14 +113,52 @@ class BibleEs(tfds.core.GeneratorBasedBuilder):
 
 
 BUILDERS = {"bible": Bible, "bible_es": BibleEs}
+# Where each builder's text comes from (all local: nothing is downloaded).
+SOURCES = {"bible": "the pythonbible packages", "bible_es": "the SWORD module spaRV1909eb"}
+
+
+def rv1909_cache(data_dir: str | Path) -> Path:
+    """The JSON cache of the Reina-Valera text read from SWORD, kept with the prepared data."""
+    return Path(data_dir) / "cache" / "rv1909.json"
+
+
+def is_prepared(name: str, data_dir: str | Path) -> bool:
+    """Whether the named Bible dataset is fully written under `data_dir` (reads no records)."""
+    return BUILDERS[name](data_dir=str(data_dir), file_format="array_record").is_prepared()
+
+
+def check_sources(name: str, data_dir: str | Path) -> None:
+    """Raises a one-line LmfuseError, in a moment, if `prepare(name)` would fail for want of a
+    system package: `bible_es` needs Debian's SWORD module unless its text is cached."""
+    if name == "bible_es":
+        sword.check_available(cache_path=rv1909_cache(data_dir))
+
+
+def prepare_missing(names: Sequence[str], data_dir: str | Path, hint: str = "") -> list[str]:
+    """Builds those of the named Bible datasets that are missing, each announced in one line
+    (ending in `hint`), and returns their names. The system packages they need are checked
+    first, so a missing one is an error before minutes of building."""
+    missing = [name for name in names if not is_prepared(name, data_dir)]
+    for name in missing:
+        check_sources(name, data_dir)
+    for name in missing:
+        print(f"preparing the Bible dataset {name!r} in {data_dir} from {SOURCES[name]}{hint}",
+              flush=True)
+        prepare(name, data_dir)
+    return missing
 
 
 def prepare(name: str, data_dir: str | Path) -> tfds.core.DatasetBuilder:
-    """Builds (once) and returns the named Bible dataset under `data_dir`."""
+    """Builds (once) and returns the named Bible dataset under `data_dir`. A failed build
+    leaves nothing behind in `data_dir`."""
     builder = BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(verify_ssl=False)
-    )
+    if builder.is_prepared():
+        return builder
+    check_sources(name, data_dir)
+    with partial.no_partial_paths(data_dir):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(verify_ssl=False)
+        )
     return builder
 
 

@@ -5,8 +5,9 @@ Every corpus, whatever its origin, comes out through `load_examples` as a random
 for the translate view. Training code never knows where the text came from.
 
 Origins:
-* `bible`: the TFDS `bible` dataset (plus `bible_es` when 'rv1909' is asked for), joined on
-  verse order. Versions are validated when the dataset is prepared.
+* `bible`: the TFDS `bible` dataset (plus `bible_es`, from Debian's SWORD module, only when
+  the config names 'rv1909'), joined on verse order. Versions are validated when the dataset
+  is prepared; `prepare` builds a missing one on first use.
 * a TFDS name (`lm1b`, `wmt14_translate/de-en`, ...): `tfds.data_source` over ArrayRecord.
 * `text`: the user's own files, one example per line (`src.txt|tgt.txt` for translate).
 """
@@ -93,7 +94,25 @@ def bible_versions_used(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         used = parse_versions(data_cfg.versions)
     else:
         used = _translate_sources(data_cfg) + parse_versions(data_cfg.target)
-    return tuple(dict.fromkeys(used + parse_versions(config.tokenizer.versions)))
+    return tuple(dict.fromkeys(used + tokenizer_versions(config)))
+
+
+def tokenizer_spec(config: ml_collections.ConfigDict) -> str:
+    """The Bible versions the tokenizer trains on, as a `tokenizer.versions` value: the explicit
+    one, else (default '') 'all' (every validated English version: all English configs share
+    one vocabulary, so their models can be fused), or 'all,rv1909' when data.versions, .source
+    or .target names rv1909, in any view. It reads the config only, never the machine."""
+    if config.tokenizer.versions.strip():
+        return config.tokenizer.versions
+    data_cfg = config.data
+    named = {v.strip().lower() for key in ("versions", "source", "target")
+             for v in data_cfg[key].split(",")}
+    return f"all,{sword.SPANISH_VERSION}" if sword.SPANISH_VERSION in named else "all"
+
+
+def tokenizer_versions(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """`tokenizer_spec` expanded: the versions whose train split the Bible tokenizer reads."""
+    return parse_versions(tokenizer_spec(config))
 
 
 def _translate_sources(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -115,16 +134,24 @@ def needed_builders(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return tuple(names)
 
 
-def prepare(config: ml_collections.ConfigDict) -> Tokenizer:
-    """Builds every dataset the config reads, then trains (or finds) its tokenizer."""
+def prepare(config: ml_collections.ConfigDict, download: bool = False) -> Tokenizer:
+    """Builds what the config reads and is missing, then trains (or finds) its tokenizer.
+
+    A missing Bible dataset is built from installed packages, announced in one line (SWORD,
+    for rv1909 only, is checked before anything is built). A TFDS dataset is downloaded only
+    with `download` (`lmfuse data prepare`); else an unprepared one is a one-line error."""
     data_cfg = config.data
     check_view(data_cfg)
     root = data_dir(data_cfg)
     if data_cfg.corpus == "bible":
-        for name in needed_builders(config):
-            builders.prepare(name, root)
+        hint = "" if download else (" (not prepared yet; `lmfuse data prepare --config <config>` "
+                                    "does this ahead)")
+        builders.prepare_missing(needed_builders(config), root, hint)
     elif tfds_named.is_named_dataset(data_cfg.corpus):
-        tfds_named.prepare_named(data_cfg.corpus, str(root))
+        if download:
+            tfds_named.prepare_named(data_cfg.corpus, str(root))
+        else:
+            tfds_named.require_prepared(data_cfg.corpus, str(root))
     elif data_cfg.corpus != "text":
         raise _unknown_corpus(data_cfg.corpus)
     return load_tokenizer(config)
@@ -182,11 +209,13 @@ def _text_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
 
 
 def bible_sources(names: tuple[str, ...], split: str, root: Path) -> dict[str, Any]:
-    """Random-access TFDS sources (ArrayRecord) of the Bible builders, one per name."""
+    """Random-access TFDS sources (ArrayRecord) of the Bible builders, one per name. Never
+    builds: reading an unprepared one (evaluating on an empty data dir) is a one-line error."""
     sources = {}
     for name in names:
         try:
-            sources[name] = tfds.data_source(name, split=split, data_dir=str(root))
+            sources[name] = tfds.data_source(name, split=split, data_dir=str(root),
+                                             download=False)
         except Exception as e:  # TFDS raises several types for "not prepared"
             raise LmfuseError(
                 f"dataset {name!r} is not prepared in {root} ({type(e).__name__}); "
@@ -287,10 +316,10 @@ def example_ids(config: ml_collections.ConfigDict, split: str) -> list[str]:
 
 
 def tokenizer_texts(config: ml_collections.ConfigDict) -> Iterator[str]:
-    """The training text of the tokenizer: train split of `tokenizer.versions` for the Bible,
-    the train split of the view otherwise."""
+    """The training text of the tokenizer: the train split of `tokenizer_versions` for the
+    Bible, the train split of the view otherwise."""
     if config.data.corpus == "bible":
-        versions = parse_versions(config.tokenizer.versions)
+        versions = tokenizer_versions(config)
         records = read_bible_records(needed_builders(config), "train", data_dir(config.data))
         for record in records:
             for version in versions:
@@ -337,6 +366,8 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     index_path = tokenizer_cache_dir(config) / "index.json"
     # model_file is left out of the key, so models cached before it existed are still found.
     settings = {k: v for k, v in tok_cfg.to_dict().items() if k != "model_file"}
+    if config.data.corpus == "bible":  # the default ('') keys as the versions it stands for
+        settings["versions"] = tokenizer_spec(config)
     key = hashlib.sha256(
         json.dumps([settings, _corpus_fingerprint(config)], sort_keys=True).encode()
     ).hexdigest()

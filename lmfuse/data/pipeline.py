@@ -1,12 +1,20 @@
-"""The Grain input pipeline: shard, shuffle, tokenize, augment, pack or pad, batch.
+"""The Grain input pipeline: shuffle, tokenize, augment, pack or pad, batch, keep own rows.
 
     examples (MapDataset of dicts)
-      -> this process's shard  (every `shard_count`-th example: disjoint, and together complete)
       -> shuffle with the seed, re-shuffled each epoch, repeated
       -> tokenize; truncate or drop over-long examples
       -> augment (train only, from config; per-example deterministic noise)
       -> pack (LM rows with segment ids and positions) or pad to fixed length
-      -> batch of `batch_size // shard_count` rows per process
+      -> global batch of `batch_size` rows
+      -> this process's rows of it: `batch_size // shard_count` of them, block `shard_index`
+
+Every process runs the whole pipeline and keeps its own block of rows, so the global batches
+(each process's block, in process order) are the one-process batches, row for row, whatever
+the number of processes: a run on N hosts trains on exactly the data of a run on one host,
+and every process sees the same number of batches (an eval pass ends together everywhere).
+Sharding the examples before shuffling and packing would spread the work, but shuffle and
+pack would then see per-process example sets, and the global batches would change with the
+process count. The price is that each process tokenizes and packs every global batch.
 
 Batches are dicts of int32 arrays:
 
@@ -105,7 +113,7 @@ def make_dataset(
             f"data.max_length={options.max_length} exceeds data.seq_len={options.seq_len}; "
             "a packed row must fit the longest example"
         )
-    dataset = examples[shard_index::shard_count]
+    dataset = examples
     if options.shuffle:
         dataset = dataset.shuffle(seed=options.seed)
     dataset = dataset.repeat(options.num_epochs)
@@ -129,13 +137,16 @@ def make_dataset(
         iterable = grain.experimental.FirstFitPackIterDataset(
             iterable,
             length_struct=lengths,
-            num_packing_bins=per_process,
+            num_packing_bins=options.batch_size,
             seed=options.seed,
             shuffle_bins=options.shuffle,
         )
     else:
         iterable = iterable.map(_Pad(lengths))
-    return iterable.batch(per_process, drop_remainder=options.drop_remainder)
+    iterable = iterable.batch(options.batch_size, drop_remainder=options.drop_remainder)
+    if shard_count > 1:
+        iterable = iterable.map(_Rows(shard_index * per_process, per_process))
+    return iterable
 
 
 def _shard(options: PipelineOptions) -> tuple[int, int]:
@@ -202,6 +213,17 @@ class _Augment(grain.transforms.RandomMap):
             document = np.concatenate([[BOS_ID], noised, [EOS_ID]]).astype(np.int32)
             return {"inputs": document[:-1], "targets": document[1:]}
         return {**example, "inputs": np.append(noised, EOS_ID).astype(np.int32)}
+
+
+class _Rows(grain.transforms.Map):
+    """One process's block of a global batch: rows `start` to `start + count`. A short last
+    batch (`drop_remainder=False`) can leave a process fewer rows, or none."""
+
+    def __init__(self, start: int, count: int):
+        self._rows = slice(start, start + count)
+
+    def map(self, batch: dict) -> dict:
+        return {name: value[self._rows] for name, value in batch.items()}
 
 
 class _Pad(grain.transforms.Map):

@@ -26,7 +26,9 @@ class SplitStats:
 
 
 def prepare(config: ml_collections.ConfigDict) -> Tokenizer:
-    tokenizer = corpora.prepare(config)
+    """`lmfuse data prepare`: the one command that downloads (TFDS datasets), then builds the
+    Bible datasets the config reads and its tokenizer."""
+    tokenizer = corpora.prepare(config, download=True)
     root = corpora.data_dir(config.data)
     print(f"data ready in {root}")
     print(f"tokenizer {tokenizer.path.name}: vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:16]}")

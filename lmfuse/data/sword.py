@@ -42,9 +42,16 @@ from lmfuse.errors import LmfuseError
 
 SPANISH_VERSION = "rv1909"
 DEFAULT_SWORD_DIR = "/usr/share/sword"
+SWORD_DIR_ENV = "LMFUSE_SWORD_DIR"  # a SWORD library elsewhere (e.g. ~/.sword)
 _MODULE = "spaRV1909eb"
 _CACHE_FORMAT = 1  # bump when the text processing changes, to invalidate old caches
 _INSTALL = "install it with apt-get install sword-text-sparv"
+
+
+def library_dir() -> str:
+    """The SWORD library read for rv1909: $LMFUSE_SWORD_DIR, else Debian's /usr/share/sword."""
+    return os.environ.get(SWORD_DIR_ENV) or DEFAULT_SWORD_DIR
+
 
 # --- markup -------------------------------------------------------------------------------------
 
@@ -199,6 +206,23 @@ def _read_module(sword_dir: str) -> dict[int, str]:
     return _drop_subscriptions(_move_shifted_runs(_read_slots(sword_dir)))
 
 
+def check_available(
+    sword_dir: str | None = None, cache_path: str | os.PathLike | None = None
+) -> None:
+    """Raises a one-line LmfuseError, without reading any text, unless `read_rv1909` can work:
+    a valid cache at `cache_path`, or pysword and the module's .conf in the SWORD library."""
+    if cache_path is not None and _load_cache(Path(cache_path)) is not None:
+        return
+    where = Path(sword_dir or library_dir())
+    confs = where.glob("mods.d/*.conf") if (where / "mods.d").is_dir() else ()
+    if not any(conf.name.lower() == f"{_MODULE.lower()}.conf" for conf in confs):
+        raise LmfuseError(
+            f"the Spanish Bible (rv1909) needs the SWORD module {_MODULE}, which is not in "
+            f"{where} (${SWORD_DIR_ENV} sets another library); {_INSTALL}"
+        )
+    _import_pysword()
+
+
 def _load_cache(path: Path) -> dict[int, str] | None:
     """The cached texts, or None when the cache is missing, stale or unreadable."""
     try:
@@ -227,17 +251,18 @@ def _write_cache(path: Path, texts: dict[int, str]) -> None:
 
 
 def read_rv1909(
-    sword_dir: str = DEFAULT_SWORD_DIR, cache_path: str | os.PathLike | None = None
+    sword_dir: str | None = None, cache_path: str | os.PathLike | None = None
 ) -> dict[int, str]:
     """Reina-Valera 1909 keyed by KJV verse id ('' where it has no text), whitespace normalised.
 
-    With `cache_path`, reads the JSON cache there if it is valid, else reads the module and
-    writes the cache. Results are also cached in-process per `sword_dir`.
+    Reads the SWORD library at `sword_dir` (default: `library_dir()`). With `cache_path`, reads
+    the JSON cache there if it is valid, else reads the module and writes the cache. Results
+    are also cached in-process per library.
     """
     cache = Path(cache_path) if cache_path is not None else None
     if cache is not None and (texts := _load_cache(cache)) is not None:
         return texts
-    texts = _read_module(os.fspath(sword_dir))
+    texts = _read_module(os.fspath(sword_dir or library_dir()))
     if cache is not None:
         _write_cache(cache, texts)
     return texts

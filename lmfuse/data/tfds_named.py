@@ -12,8 +12,10 @@ overridden with ``source_lang``/``target_lang``; the "lm" view of a WMT pair is 
 side. Text arrives as UTF-8 bytes from prepared files (and as ``str`` from TFDS's mock data),
 so both are accepted.
 
-Preparing (`prepare_named`) runs TFDS's builder once to download and write ArrayRecord files.
-Some builders' generation code (lm1b's) calls TensorFlow; reading never does.
+Preparing (`prepare_named`, called by `lmfuse data prepare` only) runs TFDS's builder once to
+download and write ArrayRecord files. Some builders' generation code (lm1b's) calls
+TensorFlow; reading never does. Training and evaluation never download: an unprepared dataset
+is a one-line error that names `lmfuse data prepare`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from lmfuse.data import partial
 from lmfuse.errors import LmfuseError
 
 if TYPE_CHECKING:
@@ -38,8 +41,8 @@ NAMED_DATASETS: tuple[str, ...] = ("lm1b",) + tuple(
 )
 
 _PREPARE_HINT = (
-    "run `lmfuse data prepare` with this config (TFDS download_and_prepare with "
-    "file_format=array_record)"
+    "run `lmfuse data prepare --config <this config>` once, which downloads it (train and "
+    "eval never download)"
 )
 
 
@@ -65,24 +68,79 @@ def named_source(
     return grain.MapDataset.source(source).map(_ToText(fields))
 
 
+def is_prepared(name: str, data_dir: str | None) -> bool:
+    """Whether `name` is fully prepared under `data_dir` (nothing is downloaded or written)."""
+    import tensorflow_datasets as tfds
+
+    _check_name(name)
+    _register_builders(name)
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+
+
+def require_prepared(name: str, data_dir: str | None) -> None:
+    """A one-line LmfuseError naming `lmfuse data prepare` unless `name` is prepared under
+    `data_dir`: how training and evaluation meet a dataset that they never download."""
+    if not is_prepared(name, data_dir):
+        raise LmfuseError(f"{name} is not prepared in {data_dir}; {_PREPARE_HINT}")
+
+
 def prepare_named(name: str, data_dir: str | None) -> None:
-    """Download `name` and write it as ArrayRecord under `data_dir` (TFDS default if None)."""
+    """Download `name` and write it as ArrayRecord under `data_dir` (TFDS default if None).
+
+    Only `lmfuse data prepare` calls this. Without network access it fails within seconds
+    (`check_network`), and a failed preparation leaves nothing behind in `data_dir`."""
     import tensorflow_datasets as tfds
 
     _check_name(name)
     _register_builders(name)
     builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+        return
+    check_network(name)
     try:
-        builder.download_and_prepare(file_format="array_record")
+        with partial.no_partial_paths(builder.data_dir_root):
+            builder.download_and_prepare(file_format="array_record")
     except ImportError as e:
         raise LmfuseError(
             f"preparing {name} runs TFDS generation code that needs '{e.name or e}'; "
             f"install it for this one-off step (reading the prepared data does not need it)"
         ) from None
-    except OSError as e:
+    except (OSError, tfds.download.DownloadError) as e:
         raise LmfuseError(
             f"preparing {name} failed ({type(e).__name__}: {_first_line(e)}); check network access and "
-            f"free space in {builder.data_dir}, then rerun"
+            f"free space in {builder.data_dir_root}, then rerun"
+        ) from None
+
+
+# A page on the server each dataset downloads its files from. One request there, with a short
+# timeout, tells a machine without network access in seconds, where TFDS's downloader would
+# retry each file for minutes. (urllib, like TFDS, honours $HTTP_PROXY / $HTTPS_PROXY.)
+_DOWNLOAD_SERVERS = {
+    "lm1b": "http://www.statmt.org/lm-benchmark/",
+    "wmt14_translate": "http://www.statmt.org/wmt14/",
+    "wmt17_translate": "http://data.statmt.org/wmt17/",
+}
+NETWORK_TIMEOUT_S = 10.0
+
+
+def check_network(name: str) -> None:
+    """Raises a one-line LmfuseError unless the server `name` downloads from answers (with any
+    HTTP status) within `NETWORK_TIMEOUT_S`."""
+    import urllib.error
+    import urllib.request
+
+    url = _DOWNLOAD_SERVERS[name.split("/")[0]]
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                    timeout=NETWORK_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        return  # the server answered: the network is there
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = _first_line(e.reason) if isinstance(e, urllib.error.URLError) else _first_line(e)
+        raise LmfuseError(
+            f"cannot download {name}: {url} is unreachable ({reason}); lmfuse data prepare "
+            "needs network access for it once (set HTTPS_PROXY if you use a proxy)"
         ) from None
 
 
@@ -157,7 +215,7 @@ def _data_source(name: str, split: str, data_dir: str | None) -> Any:
         ) from None
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: object) -> str:
     """TFDS messages span many lines; the first one says what went wrong."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

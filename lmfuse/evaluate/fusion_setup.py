@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from flax import linen as nn
-
 from lmfuse.errors import LmfuseError
 
 if TYPE_CHECKING:
@@ -98,6 +96,8 @@ def load_lm(workdir: str, tokenizer_sha256: str, min_positions: int, role: str
             f"{role} {workdir} has model.max_len={model_cfg.max_len} learned positions, but "
             f"decoding needs {min_positions}; lower --max_len or use a longer LM"
         )
+    from flax import linen as nn  # here: the CLI checks FusionFlags before JAX loads
+
     return lm_decode_step(trainer.model), nn.meta.unbox(params)
 
 

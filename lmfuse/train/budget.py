@@ -39,9 +39,32 @@ RECORD = "training.json"
 
 
 def check_config(train_cfg: ml_collections.ConfigDict) -> None:
-    """One-line errors for budget and early-stopping settings that cannot work."""
+    """One-line errors for budget, cadence and early-stopping settings that cannot work,
+    raised before the workdir is touched: a run of no steps would save an untrained checkpoint
+    as if finished, keep_checkpoints=0 would keep none, and a zero cadence divides by zero
+    mid-run."""
     if train_cfg.epochs < 0:
         raise LmfuseError(f"train.epochs={train_cfg.epochs} must be >= 0 (0: train.steps counts)")
+    if train_cfg.epochs == 0 and train_cfg.steps <= 0:
+        raise LmfuseError(f"train.steps={train_cfg.steps} must be >= 1 (or set train.epochs > 0); "
+                          "a run of no steps would only save an untrained checkpoint")
+    if train_cfg.keep_checkpoints < 1:
+        raise LmfuseError(f"train.keep_checkpoints={train_cfg.keep_checkpoints} must be >= 1: "
+                          "with 0 the run would keep no checkpoint at all")
+    if train_cfg.checkpoint_every < 1:
+        raise LmfuseError(f"train.checkpoint_every={train_cfg.checkpoint_every} must be >= 1 (the "
+                          "run always saves at its end; set it to train.steps for only that one)")
+    for key, meaning in (("log_every", "steps between metrics rows"),
+                         ("batch_size", "rows per step"),
+                         ("accum_steps", "micro-batches per step; 1: no accumulation")):
+        if train_cfg[key] < 1:
+            raise LmfuseError(f"train.{key}={train_cfg[key]} must be >= 1 ({meaning})")
+    for key, meaning in (("eval_every", "0: no evaluation during training"),
+                         ("eval_batches", "0: the whole validation split")):
+        if train_cfg[key] < 0:
+            raise LmfuseError(f"train.{key}={train_cfg[key]} must be >= 0 ({meaning})")
+    if not 0.0 <= train_cfg.label_smoothing < 1.0:
+        raise LmfuseError(f"train.label_smoothing={train_cfg.label_smoothing} must be in [0, 1)")
     if train_cfg.patience < 0 or train_cfg.min_delta < 0:
         raise LmfuseError(f"train.patience={train_cfg.patience} and train.min_delta="
                           f"{train_cfg.min_delta} must be >= 0 (patience 0: no early stopping)")
@@ -74,16 +97,17 @@ def step_budget(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> Budg
 
 def rows_per_epoch(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> int:
     """Global rows of one pass over the training split: the training pipeline (same order,
-    packing and filters) run once over process 0's shard, times the processes, so every
-    process finds the same count. Training repeats the data without a break, so packing across
-    an epoch's end saves at most a fraction of a row per bin."""
+    packing and filters) run once, whole; its global batches are the same on every process
+    (`lmfuse.data.pipeline`), so every process finds the same count. Training repeats the data
+    without a break, so packing across an epoch's end saves at most a fraction of a row per
+    bin."""
     options = PipelineOptions.from_config(config, "train", num_epochs=1, drop_remainder=False,
-                                          shard_index=0)
+                                          shard_index=0, shard_count=1)
     dataset = make_dataset(corpora.load_examples(config, "train").dataset, tokenizer, options)
     rows = sum(batch["inputs"].shape[0] for batch in dataset)
     if not rows:
         raise LmfuseError("the training split has no examples; check data.files / data.corpus")
-    return rows * jax.process_count()
+    return rows
 
 
 @dataclasses.dataclass
@@ -174,11 +198,14 @@ def finished(workdir: str | Path, budget: Budget) -> dict | None:
         if step is None:
             return None
         stored = checkpoint.read_progress(manager, step)
+        done = record(budget, step, Progress.from_json(stored))
+        if not done["finished"]:
+            return None
+        checkpoint.verify(manager, step)  # a finished run's arrays are read once more, here only
+    except checkpoint.Damaged:
+        return None  # not finished: the loop's restore falls back to an intact checkpoint, and says so
     finally:
         manager.close()
-    done = record(budget, step, Progress.from_json(stored))
-    if not done["finished"]:
-        return None
     if not stored:  # saved before runs kept their time
         done["wall_seconds"] = None
     if jax.process_index() == 0:

@@ -10,6 +10,7 @@ import numpy as np
 
 from lmfuse.data import corpora
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
+from lmfuse.errors import LmfuseError
 from lmfuse.train import sharding
 from lmfuse.train.trainer import Model
 
@@ -44,6 +45,9 @@ def evaluate(trainer: Model, params, split: str = "validation", max_batches: int
             nll_sum += float(sums["nll_sum"])
             tokens += float(sums["tokens"])
             correct += float(sums["correct"])
+    if not tokens:  # else a perplexity of 1 over nothing, and a division by zero per word
+        raise LmfuseError(f"the {split} split has no tokens to score; check data.files.{split} "
+                          "(or data.corpus) in the workdir's config")
     result = {"nll": nll_sum / max(tokens, 1.0), "tokens": tokens,
               "accuracy": correct / max(tokens, 1.0),
               "perplexity": math.exp(min(nll_sum / max(tokens, 1.0), 50.0))}

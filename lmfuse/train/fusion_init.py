@@ -72,7 +72,7 @@ def _base_config(workdir: str, base: str, tokenizer: Tokenizer | None) -> ml_col
     try:
         stored = ml_collections.ConfigDict(checkpoint.read_json_item(workdir, "config"))
         ref = checkpoint.read_json_item(workdir, "tokenizer")
-    except LmfuseError:
+    except checkpoint.NoCheckpointError:  # only damaged ones: that error says which and why
         what = "LM" if base == "lm" else "encoder-decoder"
         raise LmfuseError(
             f"{role} holds no finished checkpoint; train the {what} there first"

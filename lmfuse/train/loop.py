@@ -9,8 +9,10 @@
       -> until the budget (train.steps or train.epochs) is spent or patience runs out: a final
          checkpoint and <workdir>/training.json (`lmfuse.train.budget`, `training_record`)
 
-Host syncs happen only at log, eval and checkpoint points. A non-finite loss is caught at the
-next of those points, before any checkpoint is written, so the last good checkpoint survives.
+Host syncs happen only at log, eval and checkpoint points. A non-finite loss or updated state
+(the step's `finite` flag) is caught at the next of those points, before any checkpoint is
+written (`lmfuse.train.divergence`), so every checkpoint is finite. Resuming takes the newest
+intact checkpoint and moves damaged newer ones aside (`lmfuse.train.checkpoint.restore`).
 SIGTERM saves a checkpoint at the current step and returns cleanly.
 """
 
@@ -29,14 +31,12 @@ from tqdm import tqdm
 
 from lmfuse.data import corpora
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
-from lmfuse.errors import LmfuseError
 from lmfuse.models.registry import TRANSFORMER_NAMES
-from lmfuse.train import budget, checkpoint, sharding
+from lmfuse.train import budget, checkpoint, divergence, sharding
 from lmfuse.train.budget import training_record
 from lmfuse.train.evaluation import evaluate
-from lmfuse.train.fusion_init import check_fusion_config, fusion_method
 from lmfuse.train.metrics_log import MetricsLog, flops_per_token, peak_flops_per_device
-from lmfuse.train.trainer import build_trainer, tokenizer_ref
+from lmfuse.train.trainer import build_trainer, check_config, tokenizer_ref
 
 __all__ = ["train", "training_record"]
 
@@ -54,12 +54,10 @@ class _StopFlag:
 def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
     """Trains to the step budget (`lmfuse.train.budget`), resuming from the workdir's latest
     checkpoint; returns the run's record (as training.json holds it) and its last metrics."""
-    budget.check_config(config.train)
-    if fusion_method(config):
-        check_fusion_config(config)  # before any data is prepared
+    check_config(config)  # every check that needs no data, before anything is written
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = corpora.prepare(config)
+    workdir.mkdir(parents=True, exist_ok=True)  # after the data: a data error leaves no workdir
     plan = budget.step_budget(config, tokenizer)
     done = budget.finished(workdir, plan)  # nothing left to train: says so, returns its record
     if done is not None:
@@ -83,7 +81,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
 
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop)
-    log = MetricsLog(workdir, enabled=is_main)
+    log = MetricsLog(workdir, enabled=is_main, start_step=start)  # drops rows after `start`
     dropout_key = jax.random.key(config.seed + 1)
     peak = peak_flops_per_device(train_cfg.peak_tflops)
     model_cfg = config.model
@@ -104,6 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     wall_before, loop_start = run.wall_seconds, time.perf_counter()
 
     def save(force: bool = False) -> None:
+        flush_metrics()  # a no-op after the flush every save follows: no unchecked state is saved
         run.wall_seconds = wall_before + time.perf_counter() - loop_start
         checkpoint.save(manager, step, state, iterator, config, tokenizer_ref(tokenizer),
                         force=force, progress=dataclasses.asdict(run))
@@ -114,13 +113,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
         if not pending:
             return None
         fetched = jax.device_get([m for _, m in pending])
-        for (at_step, _), metrics in zip(pending, fetched, strict=True):
-            if not np.isfinite(metrics["loss"]):
-                raise LmfuseError(
-                    f"loss became {metrics['loss']} at step {at_step + 1}; training stopped and the "
-                    f"last good checkpoint (step {manager.latest_step()}) is kept. Lower "
-                    "optimizer.learning_rate or set optimizer.clip_norm"
-                )
+        divergence.check(zip([s for s, _ in pending], fetched, strict=True), manager.latest_step(),
+                         config.optimizer)
         now = time.perf_counter()
         tokens = sum(float(m["tokens"]) for m in fetched)
         record = {

@@ -107,6 +107,13 @@ def _apply_mutable(apply_fn, variables, batch, objective):
     return objective.forward(mutable_apply, variables["params"], batch, None, True)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """One bool: no float leaf of `tree` holds nan or inf (a reduction per leaf, inside the jit)."""
+    flags = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)
+             if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.stack(flags).all() if flags else jnp.asarray(True)
+
+
 def make_train_step(
     apply_fn: Callable,
     tx: optax.GradientTransformation,
@@ -114,7 +121,8 @@ def make_train_step(
     accum_steps: int,
     objective: Objective = LM,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
-    """Returns `train_step(state, batch, rng) -> (state, metrics)`; metrics stay on device."""
+    """Returns `train_step(state, batch, rng) -> (state, metrics)`; metrics stay on device:
+    'loss', 'tokens', 'grad_norm' and 'finite' (the returned state holds no nan/inf)."""
 
     def loss_sums(params, micro: Batch, rng, perturbations=None):
         return _loss_sums(apply_fn, params, micro, rng, options, False, objective, perturbations)
@@ -157,6 +165,9 @@ def make_train_step(
             "loss": nll_sum / jnp.maximum(count, 1.0),
             "tokens": count,
             "grad_norm": optax.global_norm(grads),
+            # Of the state this step returns (the loss is of the one it got): the loop saves
+            # no checkpoint unless this held at every step since the last one.
+            "finite": all_finite((params, opt_state)),
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics

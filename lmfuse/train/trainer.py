@@ -21,8 +21,13 @@ import ml_collections
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.errors import LmfuseError
 from lmfuse.models.registry import build_model
-from lmfuse.train import sharding
-from lmfuse.train.fusion_init import fused_init_fn, fusion_method, resolve_fusion
+from lmfuse.train import budget, sharding
+from lmfuse.train.fusion_init import (
+    check_fusion_config,
+    fused_init_fn,
+    fusion_method,
+    resolve_fusion,
+)
 from lmfuse.train.objectives import Objective, objective_for
 from lmfuse.train.optim import build_optimizer, freeze
 from lmfuse.train.step import LossOptions, TrainState, make_eval_step, make_train_step
@@ -70,6 +75,25 @@ def _check(config: ml_collections.ConfigDict) -> None:
             f"train.batch_size={config.train.batch_size} is not divisible by "
             f"train.accum_steps={config.train.accum_steps}"
         )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Every check of a training config that needs no data, tokenizer or compilation, each a
+    one-line `LmfuseError`, so `lmfuse train` refuses a bad config before it creates the
+    workdir or prepares data: budget and cadence (`budget.check_config`), the model
+    (registry; config.tokenizer.vocab_size stands in for the tokenizer's), the objective
+    against the data view, the mesh on this host's devices and its rules, the optimizer and
+    schedule, a fusion's workdirs, and `_check`."""
+    budget.check_config(config.train)
+    _check(config)
+    if fusion_method(config):
+        check_fusion_config(config)  # the fused model needs its LM's config: built later
+    else:
+        build_model(config.model, max(config.tokenizer.vocab_size, 1))
+    objective_for(config)
+    sharding.mesh_shape(config.mesh, jax.device_count())
+    sharding.rules_from_config(config.mesh)
+    build_optimizer(config.optimizer, max(config.train.steps, 1))
 
 
 def _abstract(boxed, mesh: jax.sharding.Mesh, rules: sharding.Rules) -> tuple[Any, Any]:

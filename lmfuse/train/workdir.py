@@ -23,7 +23,10 @@ def load_workdir_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 
 def load_workdir_tokenizer(workdir: str | Path) -> Tokenizer:
-    ref = checkpoint.read_json_item(workdir, "tokenizer")
+    return _tokenizer(workdir, checkpoint.read_json_item(workdir, "tokenizer"))
+
+
+def _tokenizer(workdir: str | Path, ref: dict) -> Tokenizer:
     path = Path(ref["path"])
     if not path.is_file():
         raise LmfuseError(
@@ -37,11 +40,16 @@ def load_workdir_tokenizer(workdir: str | Path) -> Tokenizer:
 
 
 def load_model(workdir: str | Path, step: int | None = None) -> tuple[Model, object, int]:
-    """(the model rebuilt from the stored config on its mesh, its params, the step): the latest
-    checkpoint, or `step`."""
-    config = load_workdir_config(workdir)
-    model = build_model_on_mesh(config, load_workdir_tokenizer(workdir))
-    params, step = checkpoint.restore_params(workdir, model.abstract_params, step)
+    """(the model rebuilt from the stored config on its mesh, its params, the step): the newest
+    intact checkpoint (a damaged one is skipped with a warning), or `step`. Config, tokenizer
+    and params all come from that one checkpoint."""
+
+    def attempt(manager, at: int) -> tuple[Model, object]:
+        config = ml_collections.ConfigDict(checkpoint.json_item(manager, at, "config"))
+        model = build_model_on_mesh(config, _tokenizer(workdir, checkpoint.json_item(manager, at, "tokenizer")))
+        return model, checkpoint.params_at(manager, at, model.abstract_params)
+
+    (model, params), step = checkpoint.newest_intact(workdir, attempt, step)
     return model, params, step
 
 

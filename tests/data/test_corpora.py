@@ -1,34 +1,69 @@
-"""Corpus views over the prepared Bible datasets, and `lmfuse data prepare/show` end to end."""
+"""Corpus views over the prepared Bible datasets, and `lmfuse data prepare/show` end to end.
+
+The module's data directory is made by the demo's own preparation (`make demo`'s `lmfuse data
+prepare --config configs/s2s_transformer.py:tiny`, with a smaller tokenizer) while the SWORD
+library is made unavailable: English configs must never need Debian's sword-text-sparv.
+"""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
 
 from lmfuse.config import load_config
-from lmfuse.data import bible_text, corpora
+from lmfuse.data import bible_text, builders, corpora, sword
 from lmfuse.errors import LmfuseError
 
 CONFIG = "configs/data_bible.py"
+DEMO_CONFIG = "configs/s2s_transformer.py:tiny"  # what `make demo` prepares
+
+
+# A small tokenizer, trained on the first verses, keeps preparation quick; the corpus itself is
+# the full Bible.
+SMALL_TOKENIZER = {"tokenizer.vocab_size": 1000, "tokenizer.max_sentences": 20_000}
 
 
 def overrides(data_dir, **extra) -> list[str]:
-    # A small tokenizer keeps preparation quick; the corpus itself is the full Bible.
-    values = {"data.data_dir": str(data_dir), "tokenizer.versions": "asv,kjv",
-              "tokenizer.vocab_size": 1000}
+    values = {"data.data_dir": str(data_dir), **SMALL_TOKENIZER}
     values.update(extra)
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
+def no_sword(tmp_path_factory) -> dict[str, str]:
+    """The environment of a machine without Debian's SWORD library."""
+    return {sword.SWORD_DIR_ENV: str(tmp_path_factory.mktemp("no_sword"))}
+
+
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
+def demo_prepared(tmp_path_factory):
+    """(data dir, finished process) of the demo's data preparation, SWORD unavailable. The
+    tokenizer keeps the demo's settings but for its size (the versions it reads are the rule
+    under test), so the module's other tests reuse the Bible it builds."""
     root = tmp_path_factory.mktemp("bible_data")
-    result = run_cli(["data", "prepare", "--config", CONFIG,
-                      *overrides(root, **{"data.versions": "asv,rv1909"})])
+    small = [f"--config.{k}={v}" for k, v in SMALL_TOKENIZER.items()]
+    result = run_cli(["data", "prepare", "--config", DEMO_CONFIG, "--data_dir", str(root), *small],
+                     env=no_sword(tmp_path_factory))
+    return root, result, sorted(path.name for path in root.iterdir())
+
+
+@pytest.fixture(scope="module")
+def data_dir(demo_prepared):
+    root, result, _ = demo_prepared
     assert result.returncode == 0, result.stderr[-3000:]
     return root
+
+
+@pytest.fixture(scope="module")
+def spanish_data_dir(data_dir):
+    """The same directory with `bible_es` added (needs the SWORD module, else skips)."""
+    if not (Path(sword.library_dir()) / "mods.d" / "spaRV1909eb.conf").exists():
+        pytest.skip(f"needs the SWORD module spaRV1909eb in {sword.library_dir()} "
+                    "(apt-get install sword-text-sparv)")
+    builders.prepare("bible_es", data_dir)
+    return data_dir
 
 
 def config(data_dir, variant="", **extra):
@@ -89,8 +124,8 @@ def test_brackets_option_changes_kjv_only(data_dir):
     assert [ex["target"] for ex in kept] == [ex["target"] for ex in dropped]
 
 
-def test_spanish_aligns_with_english_by_verse(data_dir):
-    cfg = config(data_dir, "translate", **{"data.source": "rv1909"})
+def test_spanish_aligns_with_english_by_verse(spanish_data_dir):
+    cfg = config(spanish_data_dir, "translate", **{"data.source": "rv1909"})
     first = corpora.load_examples(cfg, "train").dataset[0]
     assert first["source"].lower().startswith("en el principio cri")
     assert first["target"].startswith("In the beginning God created")
@@ -121,8 +156,11 @@ def test_bad_corpus_settings_are_one_line_errors(data_dir, override, fragment):
 
 
 def test_unprepared_data_dir_says_how_to_prepare(tmp_path):
-    with pytest.raises(LmfuseError, match="lmfuse data prepare"):
-        corpora.load_examples(config(tmp_path), "train")
+    """Reading (evaluation, `data show`) never builds the Bible: one line, nothing written."""
+    with pytest.raises(LmfuseError, match="lmfuse data prepare") as info:
+        corpora.load_examples(config(tmp_path / "data"), "train")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "data").exists()
 
 
 def test_data_show_counts_over_long_examples(data_dir):
@@ -135,3 +173,84 @@ def test_data_show_counts_over_long_examples(data_dir):
     assert stats.overlong == sum(n > 24 for n in lengths) > 100
     assert stats.tokens == sum(lengths)
     assert stats.examples + stats.skipped_empty == 1_642
+
+
+# --- what a config needs, and nothing more ----------------------------------------------------
+
+
+def test_demo_preparation_succeeds_without_touching_sword(demo_prepared):
+    root, result, written = demo_prepared
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert builders.is_prepared("bible", root)
+    # No bible_es, and no cache/rv1909.json: SWORD's text was never read.
+    assert written == ["bible", "downloads", "tokenizers"]
+    preparing = [line for line in result.stdout.splitlines() if line.startswith("preparing")]
+    assert preparing == [f"preparing the Bible dataset 'bible' in {root} from the pythonbible "
+                         "packages"], result.stdout
+    assert re.search(r"^tokenizer .*: vocab 1000, sha256 ", result.stdout, re.M)
+
+
+def test_config_asking_for_rv1909_without_sword_is_one_line_before_any_building(
+        tmp_path, tmp_path_factory):
+    root = tmp_path / "data"
+    result = run_cli(["data", "prepare", "--config", DEMO_CONFIG, "--data_dir", str(root),
+                      "--config.data.source=rv1909"], env=no_sword(tmp_path_factory))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lmfuse: error: the Spanish Bible (rv1909) needs the SWORD module")
+    assert "apt-get install sword-text-sparv" in lines[0]
+    assert not root.exists() or not any(root.iterdir())  # not two minutes of English first
+
+
+@pytest.mark.parametrize(
+    "spec, extra, tokenizer, needed",
+    [
+        ("configs/lm_transformer.py:tiny", {}, "all", ("bible",)),
+        (DEMO_CONFIG, {}, "all", ("bible",)),
+        ("configs/carlson/public_bbe.py", {}, "all", ("bible",)),
+        (DEMO_CONFIG, {"data.source": "rv1909"}, "all,rv1909", ("bible", "bible_es")),
+        (DEMO_CONFIG, {"data.target": "rv1909"}, "all,rv1909", ("bible", "bible_es")),
+        ("configs/lm_transformer.py:tiny", {"data.versions": "asv,rv1909"}, "all,rv1909",
+         ("bible", "bible_es")),
+        # An LM told the study's data.source=rv1909 keeps the seq2seq model's vocabulary.
+        ("configs/lm_transformer.py:tiny", {"data.source": "rv1909"}, "all,rv1909",
+         ("bible", "bible_es")),
+        (DEMO_CONFIG, {"tokenizer.versions": "asv,kjv"}, "asv,kjv", ("bible",)),
+        (DEMO_CONFIG, {"tokenizer.versions": "all,rv1909"}, "all,rv1909", ("bible", "bible_es")),
+        (DEMO_CONFIG, {"data.corpus": "text"}, "all", ()),
+    ],
+)
+def test_default_tokenizer_text_follows_the_config_not_the_machine(
+        monkeypatch, tmp_path, spec, extra, tokenizer, needed):
+    cfg = load_config(spec, [f"--config.{k}={v}" for k, v in extra.items()])
+    for library in (tmp_path, Path(sword.DEFAULT_SWORD_DIR)):  # with and without SWORD
+        monkeypatch.setenv(sword.SWORD_DIR_ENV, str(library))
+        assert cfg.tokenizer.versions == extra.get("tokenizer.versions", "")
+        assert corpora.tokenizer_spec(cfg) == tokenizer
+        assert corpora.needed_builders(cfg) == needed
+
+
+def test_lm_and_seq2seq_of_the_demo_share_one_tokenizer_text():
+    lm, s2s = (load_config(spec) for spec in ("configs/lm_transformer.py:tiny", DEMO_CONFIG))
+    assert corpora.tokenizer_versions(lm) == corpora.tokenizer_versions(s2s)
+    assert corpora.tokenizer_versions(lm) == bible_text.VALIDATED_VERSIONS
+
+
+def test_training_builds_a_missing_bible_with_one_line(monkeypatch, tmp_path, capsys):
+    """`lmfuse train` calls prepare(config) (no download): the Bible, local, is built on first
+    use, and the one line says so and names the command that does it ahead."""
+    built = []
+    monkeypatch.setattr(builders, "is_prepared", lambda name, root: name in built)
+    monkeypatch.setattr(builders, "prepare", lambda name, root: built.append(name))
+    monkeypatch.setattr(corpora, "load_tokenizer", lambda config: "tokenizer")
+    monkeypatch.setenv(sword.SWORD_DIR_ENV, str(tmp_path / "no_sword"))
+    cfg = load_config(DEMO_CONFIG, [f"--config.data.data_dir={tmp_path}"])
+    assert corpora.prepare(cfg) == "tokenizer"
+    assert built == ["bible"]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"preparing the Bible dataset 'bible' in {tmp_path} from the pythonbible "
+                   "packages (not prepared yet; `lmfuse data prepare --config <config>` does "
+                   "this ahead)"]
+    corpora.prepare(cfg)  # prepared: silent
+    assert built == ["bible"] and capsys.readouterr().out == ""

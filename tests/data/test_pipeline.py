@@ -1,4 +1,4 @@
-"""Grain pipeline: packing conserves tokens, resume is exact, process shards partition the data."""
+"""Grain pipeline: packing conserves tokens, resume is exact, processes split each global batch."""
 
 from collections import Counter
 
@@ -109,16 +109,28 @@ def test_resume_crosses_epoch_boundaries(tokenizer, verses):
     np.testing.assert_array_equal(next(resumed)["inputs"], want["inputs"])
 
 
-def test_two_processes_see_disjoint_shards_that_cover_everything(lm_examples, tokenizer, verses):
-    per_process = [
-        documents_of(make_dataset(lm_examples, tokenizer,
-                                  lm_options(batch_size=4, shard_index=i, shard_count=2)))
-        for i in range(2)
-    ]
-    everything = Counter(tuple(tokenizer.encode(t)) for t in verses)
-    assert Counter(per_process[0]) + Counter(per_process[1]) == everything
-    # Disjoint by example: the shards hold different halves, not copies.
-    assert abs(len(per_process[0]) - len(per_process[1])) <= 1
+@pytest.mark.parametrize("pack", [True, False])
+def test_processes_hold_blocks_of_the_one_process_batches(lm_examples, tokenizer, verses, pack):
+    # Shuffled, packed (or padded), and with a short last batch: whatever the process count,
+    # the global batches are the one-process batches row for row.
+    options = dict(batch_size=9, pack=pack, shuffle=True, seed=3)
+    plain = list(make_dataset(lm_examples, tokenizer, lm_options(**options)))
+    shards = [list(make_dataset(lm_examples, tokenizer,
+                                lm_options(**options, shard_index=i, shard_count=3)))
+              for i in range(3)]
+    # Same number of batches everywhere, so a pass over a split ends on every process at once.
+    assert [len(s) for s in shards] == [len(plain)] * 3
+    for whole, *blocks in zip(plain, *shards, strict=True):
+        if len(whole["inputs"]) == 9:
+            assert [len(b["inputs"]) for b in blocks] == [3, 3, 3]
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([b[key] for b in blocks]), whole[key])
+    if not pack:  # 600 verses in rows of 9: the last 6 go to the first two processes
+        assert [len(s[-1]["inputs"]) for s in shards] == [3, 3, 0]
+    # Disjoint by row, and together every document once.
+    held = [Counter(documents_of(s)) for s in shards]
+    assert held[0] + held[1] + held[2] == Counter(tuple(tokenizer.encode(t)) for t in verses)
+    assert all(sum(h.values()) > len(verses) / 4 for h in held)
 
 
 def test_same_seed_same_batches_other_seed_other_order(lm_examples, tokenizer):

@@ -13,12 +13,13 @@ from lmfuse.errors import LmfuseError
 
 ref = bible_ids.parse_reference
 
-HAS_MODULE = (Path(sword.DEFAULT_SWORD_DIR) / "mods.d" / "spaRV1909eb.conf").exists()
+HAS_MODULE = (Path(sword.library_dir()) / "mods.d" / "spaRV1909eb.conf").exists()
 
 
 def _need_module() -> None:
     if not HAS_MODULE:
-        pytest.skip("needs Debian's sword-text-sparv")
+        pytest.skip(f"needs the SWORD module spaRV1909eb in {sword.library_dir()} "
+                    "(apt-get install sword-text-sparv)")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def report(rv) -> alignment.AlignmentReport:
 def slots() -> dict[int, str]:
     """The text as the module packs it into KJV slots, before the versification repairs."""
     _need_module()
-    return sword._read_slots(sword.DEFAULT_SWORD_DIR)
+    return sword._read_slots(sword.library_dir())
 
 
 def test_keyed_by_every_kjv_verse(rv):
@@ -213,3 +214,39 @@ def test_missing_pysword_names_the_pip_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pysword.modules", None)
     with pytest.raises(LmfuseError, match=r"pip install 'lmfuse\[demo\]'"):
         sword.read_rv1909(sword_dir=str(tmp_path))
+
+
+def test_library_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(sword.SWORD_DIR_ENV, raising=False)
+    assert sword.library_dir() == "/usr/share/sword"
+    monkeypatch.setenv(sword.SWORD_DIR_ENV, str(tmp_path))
+    assert sword.library_dir() == str(tmp_path)
+    with pytest.raises(LmfuseError, match="apt-get install sword-text-sparv"):
+        sword.read_rv1909()  # reads the library the variable names
+
+
+@pytest.mark.parametrize("library", ["missing", "empty", "other_module"])
+def test_check_available_is_one_line_naming_package_and_command(tmp_path, library):
+    where = tmp_path / library
+    if library != "missing":
+        (where / "mods.d").mkdir(parents=True)
+    if library == "other_module":
+        (where / "mods.d" / "kjv.conf").write_text("[KJV]\n")
+    with pytest.raises(LmfuseError) as e:
+        sword.check_available(sword_dir=str(where))
+    message = str(e.value)
+    assert "\n" not in message
+    assert "sword-text-sparv" in message and "apt-get install" in message
+    assert str(where) in message and sword.SWORD_DIR_ENV in message
+
+
+def test_check_available_passes_with_the_module_conf(tmp_path):
+    (tmp_path / "mods.d").mkdir()
+    (tmp_path / "mods.d" / "spaRV1909eb.conf").write_text("[spaRV1909eb]\n")
+    sword.check_available(sword_dir=str(tmp_path))  # the .conf is all it looks at
+
+
+def test_check_available_passes_with_a_valid_cache_and_no_library(rv, cache_path, tmp_path):
+    sword.check_available(sword_dir=str(tmp_path / "nowhere"), cache_path=cache_path)
+    with pytest.raises(LmfuseError, match="sword-text-sparv"):
+        sword.check_available(sword_dir=str(tmp_path / "nowhere"), cache_path=tmp_path / "no.json")

@@ -9,17 +9,23 @@ Two paths are covered:
 * A real prepare: `prepare_named` runs the real builder and ArrayRecord writer, with only the
   download-and-generate step replaced by a few lines, so reading sees real files, UTF-8
   bytes and real split names.
+
+Without network access (simulated by a proxy that refuses connections, whether or not the
+machine is online) preparing fails within seconds and leaves nothing behind, and training's
+`corpora.prepare` never downloads.
 """
 
 import importlib.abc
 import sys
+import time
 from unittest import mock
 
 import grain
 import pytest
 import tensorflow_datasets as tfds
 
-from lmfuse.data import tfds_named
+from lmfuse.config import load_config
+from lmfuse.data import corpora, tfds_named
 from lmfuse.errors import LmfuseError
 
 N = 5
@@ -190,8 +196,14 @@ def _prepare_without_download(name, data_dir, examples):
     with (
         mock.patch.object(cls, "_split_generators", split_generators),
         mock.patch.object(cls, "_generate_examples", generate_examples),
+        _online(),
     ):
         tfds_named.prepare_named(name, str(data_dir))
+
+
+def _online():
+    """The network check passes (the download itself is replaced or made to fail)."""
+    return mock.patch.object(tfds_named, "check_network", lambda name: None)
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +264,7 @@ def test_prepare_lm1b_names_tensorflow_when_generation_needs_it(tmp_path):
     fake_download = mock.patch.object(
         tfds.download.DownloadManager, "download_and_extract", return_value=str(tmp_path)
     )
-    with fake_download, pytest.raises(LmfuseError, match="needs 'tensorflow'; install it"):
+    with fake_download, _online(), pytest.raises(LmfuseError, match="needs 'tensorflow'"):
         tfds_named.prepare_named("lm1b", str(tmp_path))
 
 
@@ -263,5 +275,110 @@ def test_prepare_download_failure(tmp_path):
         side_effect=ConnectionError("name resolution failed"),
     )
     message = r"preparing wmt14_translate/de-en failed \(ConnectionError: name resolution failed\)"
-    with offline, pytest.raises(LmfuseError, match=message):
+    with offline, _online(), pytest.raises(LmfuseError, match=message):
         tfds_named.prepare_named("wmt14_translate/de-en", str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # no metadata, downloads or incomplete folders left
+
+
+# --- no network, and no download outside `lmfuse data prepare` -------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Every HTTP(S) request goes to a proxy port that refuses connections, as urllib and
+    requests (TFDS's downloader) both honour: no network, whatever the machine has."""
+    for key in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(key, "http://127.0.0.1:9")
+
+
+def _no_download():
+    """Fails the test if TFDS starts downloading."""
+    return mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
+                             side_effect=AssertionError("a download was attempted"))
+
+
+@pytest.mark.parametrize("name", ["lm1b", "wmt14_translate/de-en", "wmt17_translate/de-en"])
+def test_prepare_offline_fails_within_seconds_leaving_nothing(offline, tmp_path, name):
+    data_dir = tmp_path / "data"
+    start = time.monotonic()
+    with _no_download(), pytest.raises(LmfuseError) as info:
+        tfds_named.prepare_named(name, str(data_dir))
+    assert time.monotonic() - start < tfds_named.NETWORK_TIMEOUT_S
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot download {name}: http://") and "unreachable" in message
+    assert not data_dir.exists()
+
+
+def test_prepared_dataset_needs_no_network(offline, prepared_dir):
+    with _no_download():
+        tfds_named.prepare_named("lm1b", prepared_dir)  # already there: returns at once
+    assert tfds_named.is_prepared("lm1b", prepared_dir)
+
+
+def _lm_config(corpus, data_dir):
+    return load_config("configs/lm_transformer.py:tiny",
+                       [f"--config.data.corpus={corpus}", f"--config.data.data_dir={data_dir}"])
+
+
+@pytest.mark.parametrize("name", ["lm1b", "wmt17_translate/de-en"])
+def test_training_never_downloads_an_unprepared_dataset(tmp_path, name):
+    """`lmfuse train` (and a resume) call corpora.prepare(config): one line naming the command,
+    before any network access or any folder is made."""
+    data_dir = tmp_path / "data"
+    network = mock.patch.object(tfds_named, "check_network",
+                                side_effect=AssertionError("the network was probed"))
+    with network, _no_download(), pytest.raises(LmfuseError) as info:
+        corpora.prepare(_lm_config(name, data_dir))
+    assert str(info.value) == (
+        f"{name} is not prepared in {data_dir}; run `lmfuse data prepare --config <this config>` "
+        "once, which downloads it (train and eval never download)")
+    assert not data_dir.exists()
+
+
+def test_training_reads_a_prepared_dataset_without_downloading(prepared_dir):
+    with _no_download(), mock.patch.object(corpora, "load_tokenizer", return_value="tok"):
+        assert corpora.prepare(_lm_config("lm1b", prepared_dir)) == "tok"
+
+
+def test_data_prepare_downloads_only_when_asked(tmp_path):
+    from lmfuse.data import report
+
+    calls = []
+    with mock.patch.object(tfds_named, "prepare_named", lambda *a: calls.append(a)), \
+            mock.patch.object(corpora, "load_tokenizer"):
+        report.prepare(_lm_config("lm1b", tmp_path))
+    assert calls == [("lm1b", str(tmp_path))]
+
+
+OFFLINE_ENV = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+               "NO_PROXY": "", "no_proxy": ""}
+
+
+def test_cli_data_prepare_offline_and_train_unprepared_are_one_line(tmp_path):
+    from conftest import run_cli
+
+    data_dir = tmp_path / "data"
+    config = ["--config", "configs/lm_transformer.py:tiny", "--config.data.corpus=lm1b",
+              "--data_dir", str(data_dir)]
+    start = time.monotonic()
+    prepare = run_cli(["data", "prepare", *config], env=OFFLINE_ENV, timeout=120)
+    assert time.monotonic() - start < 60  # interpreter start-up included; TFDS retries took minutes
+    assert prepare.returncode == 2
+    (line,) = prepare.stderr.strip().splitlines()
+    assert line.startswith("lmfuse: error: cannot download lm1b: "
+                           "http://www.statmt.org/lm-benchmark/ is unreachable (")
+    assert line.endswith("); lmfuse data prepare needs network access for it once "
+                         "(set HTTPS_PROXY if you use a proxy)")
+    assert not data_dir.exists()
+
+    train = run_cli(["train", *config, "--workdir", str(tmp_path / "work")], env=OFFLINE_ENV,
+                    timeout=120)
+    assert train.returncode == 2
+    assert train.stderr.strip().splitlines() == [
+        f"lmfuse: error: lm1b is not prepared in {data_dir}; run `lmfuse data prepare --config "
+        "<this config>` once, which downloads it (train and eval never download)"]
+    assert not data_dir.exists()

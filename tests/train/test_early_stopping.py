@@ -73,8 +73,13 @@ def test_an_epoch_budget_trains_that_many_steps_and_records_them(text_corpus, tm
     # The learning-rate schedule spans the budget, not train.steps.
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["lr"] == pytest.approx(float(build_schedule(config.optimizer, steps)(steps - 1)))
-    # A checkpoint saved before checkpoints kept their progress: finished, its time unknown.
-    shutil.rmtree(tmp_path / "checkpoints" / str(steps) / "progress")
+    # A checkpoint saved before checkpoints kept their progress (and digests): finished, its
+    # time unknown. Only dropping `progress` would be damage: the digests list it.
+    step_dir = tmp_path / "checkpoints" / str(steps)
+    shutil.rmtree(step_dir / "progress")
+    shutil.rmtree(step_dir / "integrity")
+    metadata = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
+    (step_dir / "_CHECKPOINT_METADATA").write_text(json.dumps({**metadata, "custom_metadata": {}}))
     assert train(config, tmp_path, progress=False) == {**record, "wall_seconds": None}
 
 

@@ -1,4 +1,5 @@
-"""MetricsLog: each record reaches metrics.jsonl and TensorBoard, and a run that logs nothing
+"""MetricsLog: each record reaches metrics.jsonl (strict JSON) and TensorBoard, a resumed run logs
+each step once, and a run that logs nothing
 (training a finished workdir) leaves no empty event file behind."""
 
 from __future__ import annotations
@@ -50,3 +51,61 @@ def test_a_run_with_nothing_to_log_leaves_no_event_file(tmp_path):
     log.write(1, {"loss": 1.0})
     log.close()
     assert len(list(tmp_path.glob("tensorboard/events.out.tfevents.*"))) == 1
+
+
+def rows_of(path) -> list[tuple[int, str]]:
+    return [(row["step"], row["split"])
+            for row in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())]
+
+
+def crashed_run(path) -> None:
+    """A run that logged steps 1-6 (validation at 2, 4 and 6), then died with its last
+    checkpoint at step 4, in the middle of writing a row."""
+    log = MetricsLog(path)
+    for step in range(1, 7):
+        log.write(step, {"loss": 1.0 / step})
+        if step % 2 == 0:
+            log.write(step, {"loss": 2.0}, prefix="validation")
+    log.close()
+    with open(path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "split": "tr')  # torn by the kill
+
+
+@pytest.mark.parametrize("start_step", [4, None])
+def test_a_resumed_run_logs_each_step_once(tmp_path, start_step):
+    """Given the restored step, or else from the first step the resumed run logs."""
+    crashed_run(tmp_path)
+    resumed = MetricsLog(tmp_path, start_step=start_step)
+    for step in range(5, 9):
+        resumed.write(step, {"loss": 0.5})
+        if step % 2 == 0:
+            resumed.write(step, {"loss": 2.0}, prefix="validation")
+    resumed.close()
+    assert rows_of(tmp_path) == [
+        (1, "train"), (2, "train"), (2, "validation"), (3, "train"), (4, "train"),
+        (4, "validation"), (5, "train"), (6, "train"), (6, "validation"), (7, "train"),
+        (8, "train"), (8, "validation")]
+
+
+def test_a_fresh_start_drops_an_earlier_attempts_rows(tmp_path):
+    crashed_run(tmp_path)
+    log = MetricsLog(tmp_path, start_step=0)  # no checkpoint survived
+    log.write(1, {"loss": 3.0})
+    log.close()
+    assert rows_of(tmp_path) == [(1, "train")]
+
+
+def test_every_row_is_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    import numpy as np
+
+    log = MetricsLog(tmp_path)
+    log.write(np.int64(3), {"loss": float("inf"), "grad_norm": -float("inf"),
+                            "lr": np.float32("nan"), "tokens": np.float64(8.0)})
+    log.close()
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line, parse_constant=refuse) == {
+        "step": 3, "split": "train", "loss": None, "grad_norm": None, "lr": None, "tokens": 8.0}

@@ -5,48 +5,11 @@ from __future__ import annotations
 import math
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, tiny_lm_overrides
-
-CONFIG = "configs/lm_transformer.py:tiny"
-
-
-def digest(workdir: Path) -> str:
-    result = run_cli(["inspect", "--workdir", str(workdir)])
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"params sha256: ([0-9a-f]{64})", result.stdout)
-    assert match, result.stdout
-    step = re.search(r"step (\d+)", result.stdout).group(1)
-    return f"{step}:{match.group(1)}"
-
-
-def train(workdir: Path, corpus, **extra) -> subprocess.CompletedProcess:
-    args = ["train", "--config", CONFIG, "--workdir", str(workdir), "--no_progress"]
-    return run_cli(args + tiny_lm_overrides(corpus, **extra))
-
-
-def start_training(workdir: Path, corpus, **extra) -> subprocess.Popen:
-    args = ["train", "--config", CONFIG, "--workdir", str(workdir), "--no_progress"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "lmfuse.cli", *args, *tiny_lm_overrides(corpus, **extra)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def wait_for(condition, process: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"training ended early: {process.communicate()[1][-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("timed out waiting for training")
-        time.sleep(0.05)
+from conftest import run_cli
+from training_runs import digest, start_training, train, wait_for
 
 
 @pytest.fixture(scope="module")
