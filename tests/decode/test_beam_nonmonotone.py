@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import random_models
 
-from lmfuse.decode import DecodeStep, beam_search, lm_decode_step
+from lmfuse.decode import DecodeStep, beam_search
 from lmfuse.decode import beam as beam_module
 from lmfuse.decode.fusion import density_ratio, fused_params, fusion_weights, ilme
 from lmfuse.decode.processors import SuppressTokens
-from lmfuse.models import build_model, model_defaults
 from lmfuse.tokens import BOS_ID, EOS_ID, PAD_ID
 
 ALPHA = 0.6
@@ -47,14 +46,7 @@ SMALL_VOCAB, SHORT = 5, 4  # PAD, EOS and 3 more tokens: 1 + 3 + 9 + 27 + 81 = 1
 
 
 def random_lm(name: str, seed: int, vocab: int = SMALL_VOCAB):
-    cfg = {**model_defaults().to_dict(), "name": name, "emb_dim": 16, "hidden_dim": 16,
-           "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "max_len": 16, "dropout": 0.0}
-    model = build_model(cfg, vocab)
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(
-        model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]))
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), shapes)
-    return lm_decode_step(model), params
+    return random_models.random_lm(name, seed, vocab)
 
 
 def every_hypothesis() -> np.ndarray:

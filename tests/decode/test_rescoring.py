@@ -4,30 +4,21 @@ by the documented score and never changes which hypotheses are in the list."""
 
 from __future__ import annotations
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import random_models
 
-from lmfuse.decode import beam_search, lm_decode_step
+from lmfuse.decode import beam_search
 from lmfuse.decode.beam import length_penalty
 from lmfuse.decode.rescoring import rescore, sequence_log_probs
-from lmfuse.models import build_model, model_defaults
 from lmfuse.tokens import BOS_ID, PAD_ID
 
 VOCAB, K, N, ALPHA = 23, 4, 7, 0.6
 
 
 def random_lm(name: str, seed: int):
-    cfg = {**model_defaults().to_dict(), "name": name, "emb_dim": 16, "hidden_dim": 16,
-           "num_layers": 1, "num_heads": 2, "mlp_dim": 32, "max_len": 16, "dropout": 0.0}
-    model = build_model(cfg, VOCAB)
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(
-        model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]))
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda x: jnp.asarray(0.8 * rng.standard_normal(x.shape), x.dtype), shapes)
-    return lm_decode_step(model), params
+    return random_models.random_lm(name, seed, VOCAB, scale=0.8)
 
 
 @pytest.fixture(scope="module")
