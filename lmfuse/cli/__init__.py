@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train LMs and seq2seq models in JAX/Flax, and fuse them.",
         epilog="Any config key can be overridden with --config.key=value.",
     )
+    from lmfuse import __version__
+
+    parser.add_argument("--version", action="version", version=f"lmfuse {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(subcommands)
