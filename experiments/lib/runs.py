@@ -16,6 +16,7 @@ so a changed experiment never silently reuses a model trained for another one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shlex
 import time
@@ -190,10 +191,16 @@ def training_facts(workdir: str | Path) -> dict[str, Any]:
     facts = {k: record.get(k) for k in ("steps", "epochs", "wall_seconds", "stopped_early",
                                         "best_validation_step")}
     if facts["epochs"] is None and facts["steps"]:
-        from lmfuse.train.budget import rows_per_epoch
-        from lmfuse.train.workdir import load_workdir_config, load_workdir_tokenizer
-
-        config = load_workdir_config(workdir)
-        rows = rows_per_epoch(config, load_workdir_tokenizer(workdir))
-        facts["epochs"] = facts["steps"] * config.train.batch_size / rows
+        facts["epochs"] = facts["steps"] / _steps_per_epoch(str(workdir))
     return facts
+
+
+@functools.cache
+def _steps_per_epoch(workdir: str) -> float:
+    """One pass of the workdir's training pipeline, counted once per process: the cells that
+    share a model would otherwise each run it again."""
+    from lmfuse.train.budget import rows_per_epoch
+    from lmfuse.train.workdir import load_workdir_config, load_workdir_tokenizer
+
+    config = load_workdir_config(workdir)
+    return rows_per_epoch(config, load_workdir_tokenizer(workdir)) / config.train.batch_size

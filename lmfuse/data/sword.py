@@ -48,9 +48,15 @@ _CACHE_FORMAT = 1  # bump when the text processing changes, to invalidate old ca
 _INSTALL = "install it with apt-get install sword-text-sparv"
 
 
-def library_dir() -> str:
+def sword_home() -> str:
     """The SWORD library read for rv1909: $LMFUSE_SWORD_DIR, else Debian's /usr/share/sword."""
     return os.environ.get(SWORD_DIR_ENV) or DEFAULT_SWORD_DIR
+
+
+def has_module(sword_dir: str | None = None) -> bool:
+    """Whether the SWORD library at `sword_dir` (default: `sword_home()`) holds the Reina-Valera
+    1909 module, without opening it."""
+    return (Path(sword_dir or sword_home()) / "mods.d" / f"{_MODULE}.conf").exists()
 
 
 # --- markup -------------------------------------------------------------------------------------
@@ -213,7 +219,7 @@ def check_available(
     a valid cache at `cache_path`, or pysword and the module's .conf in the SWORD library."""
     if cache_path is not None and _load_cache(Path(cache_path)) is not None:
         return
-    where = Path(sword_dir or library_dir())
+    where = Path(sword_dir or sword_home())
     confs = where.glob("mods.d/*.conf") if (where / "mods.d").is_dir() else ()
     if not any(conf.name.lower() == f"{_MODULE.lower()}.conf" for conf in confs):
         raise LmfuseError(
@@ -255,14 +261,14 @@ def read_rv1909(
 ) -> dict[int, str]:
     """Reina-Valera 1909 keyed by KJV verse id ('' where it has no text), whitespace normalised.
 
-    Reads the SWORD library at `sword_dir` (default: `library_dir()`). With `cache_path`, reads
+    Reads the SWORD library at `sword_dir` (default: `sword_home()`). With `cache_path`, reads
     the JSON cache there if it is valid, else reads the module and writes the cache. Results
     are also cached in-process per library.
     """
     cache = Path(cache_path) if cache_path is not None else None
     if cache is not None and (texts := _load_cache(cache)) is not None:
         return texts
-    texts = _read_module(os.fspath(sword_dir or library_dir()))
+    texts = _read_module(os.fspath(sword_dir or sword_home()))
     if cache is not None:
         _write_cache(cache, texts)
     return texts

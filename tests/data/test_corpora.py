@@ -59,8 +59,8 @@ def data_dir(demo_prepared):
 @pytest.fixture(scope="module")
 def spanish_data_dir(data_dir):
     """The same directory with `bible_es` added (needs the SWORD module, else skips)."""
-    if not (Path(sword.library_dir()) / "mods.d" / "spaRV1909eb.conf").exists():
-        pytest.skip(f"needs the SWORD module spaRV1909eb in {sword.library_dir()} "
+    if not sword.has_module():
+        pytest.skip(f"needs the SWORD module spaRV1909eb in {sword.sword_home()} "
                     "(apt-get install sword-text-sparv)")
     builders.prepare("bible_es", data_dir)
     return data_dir

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,12 +12,12 @@ from lmfuse.errors import LmfuseError
 
 ref = bible_ids.parse_reference
 
-HAS_MODULE = (Path(sword.library_dir()) / "mods.d" / "spaRV1909eb.conf").exists()
+HAS_MODULE = sword.has_module()
 
 
 def _need_module() -> None:
     if not HAS_MODULE:
-        pytest.skip(f"needs the SWORD module spaRV1909eb in {sword.library_dir()} "
+        pytest.skip(f"needs the SWORD module spaRV1909eb in {sword.sword_home()} "
                     "(apt-get install sword-text-sparv)")
 
 
@@ -42,7 +41,7 @@ def report(rv) -> alignment.AlignmentReport:
 def slots() -> dict[int, str]:
     """The text as the module packs it into KJV slots, before the versification repairs."""
     _need_module()
-    return sword._read_slots(sword.library_dir())
+    return sword._read_slots(sword.sword_home())
 
 
 def test_keyed_by_every_kjv_verse(rv):
@@ -218,9 +217,9 @@ def test_missing_pysword_names_the_pip_extra(monkeypatch, tmp_path):
 
 def test_library_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(sword.SWORD_DIR_ENV, raising=False)
-    assert sword.library_dir() == "/usr/share/sword"
+    assert sword.sword_home() == "/usr/share/sword"
     monkeypatch.setenv(sword.SWORD_DIR_ENV, str(tmp_path))
-    assert sword.library_dir() == str(tmp_path)
+    assert sword.sword_home() == str(tmp_path)
     with pytest.raises(LmfuseError, match="apt-get install sword-text-sparv"):
         sword.read_rv1909()  # reads the library the variable names
 
