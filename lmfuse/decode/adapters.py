@@ -244,17 +244,35 @@ def _s2s_rnn_advance(model: Seq2SeqRNN, variables, state: State, tokens: jax.Arr
 # s_t and h_t; the fused output layer runs on them. State: {'s2s': ..., 'lm': ...}.
 
 
-def _hidden_not_logits(next_fun, args, kwargs, context):
-    """Interceptor: a base's `logits_from_hidden` hands back its input, the hidden state."""
-    if context.method_name == "logits_from_hidden":
-        return args[0]
-    return next_fun(*args, **kwargs)
+class _BaseStates:
+    """Interceptor: a base's `logits_from_hidden` hands back its input, the hidden state, so
+    the base's own DecodeStep yields s_t / h_t; an s2s's `copy_log_probs` (copy_source) hands
+    back its hidden state too, and keeps its arguments, so the copy mixture can be applied to
+    the fused logits afterwards with exactly the base's copy inputs."""
+
+    def __init__(self):
+        self.copy_call: tuple[tuple, dict] | None = None
+
+    def __call__(self, next_fun, args, kwargs, context):
+        if context.method_name == "logits_from_hidden":
+            return args[0]
+        if context.method_name == "copy_log_probs":
+            self.copy_call = (args, kwargs)
+            return args[0]
+        return next_fun(*args, **kwargs)
 
 
-def _fused_logits(model: FusedSeq2Seq, params: Params, s: jax.Array, h: jax.Array) -> jax.Array:
-    """Last-position states s [B, D], h [B, H] -> fused logits [B, V]."""
+def _fused_logits(model: FusedSeq2Seq, params: Params, s: jax.Array, h: jax.Array,
+                  copy_call: tuple[tuple, dict] | None) -> jax.Array:
+    """Last-position states s [B, D], h [B, H] -> fused logits [B, V] (with a copying s2s,
+    the log-probs of the copy mixture around them)."""
     hidden = {"s2s": s[:, None], "lm": h[:, None]}
-    return model.apply({"params": params}, hidden, method="logits_from_hidden")[:, 0]
+    logits = model.apply({"params": params}, hidden, method="logits_from_hidden")
+    if copy_call is not None:
+        (s_hidden, _, *rest), kwargs = copy_call
+        logits = model.s2s.apply({"params": params["s2s"]}, s_hidden, logits, *rest, **kwargs,
+                                 method="copy_log_probs")
+    return logits[:, 0]
 
 
 def _fused_init(model: FusedSeq2Seq, params: Params, batch: Batch, max_len: int,
@@ -262,10 +280,12 @@ def _fused_init(model: FusedSeq2Seq, params: Params, batch: Batch, max_len: int,
     if model.cfg.method == "lm_prior":  # the prior shapes training only: decode the TM alone
         return seq2seq_decode_step(model.s2s, zero_context).init(params["s2s"], batch, max_len)
     s2s_step, lm_step = seq2seq_decode_step(model.s2s, zero_context), lm_decode_step(model.lm)
-    with nn.intercept_methods(_hidden_not_logits):
+    states = _BaseStates()
+    with nn.intercept_methods(states):
         s, s2s_state = s2s_step.init(params["s2s"], batch, max_len)
         h, lm_state = lm_step.init(params["lm"], {"prompt": batch["prompt"]}, max_len)
-    return _fused_logits(model, params, s, h), {"s2s": s2s_state, "lm": lm_state}
+    logits = _fused_logits(model, params, s, h, states.copy_call)
+    return logits, {"s2s": s2s_state, "lm": lm_state}
 
 
 def _fused_step(model: FusedSeq2Seq, params: Params, state: State, tokens: jax.Array,
@@ -273,10 +293,12 @@ def _fused_step(model: FusedSeq2Seq, params: Params, state: State, tokens: jax.A
     if model.cfg.method == "lm_prior":
         return seq2seq_decode_step(model.s2s, zero_context).step(params["s2s"], state, tokens)
     s2s_step, lm_step = seq2seq_decode_step(model.s2s, zero_context), lm_decode_step(model.lm)
-    with nn.intercept_methods(_hidden_not_logits):
+    states = _BaseStates()
+    with nn.intercept_methods(states):
         s, s2s_state = s2s_step.step(params["s2s"], state["s2s"], tokens)
         h, lm_state = lm_step.step(params["lm"], state["lm"], tokens)
-    return _fused_logits(model, params, s, h), {"s2s": s2s_state, "lm": lm_state}
+    logits = _fused_logits(model, params, s, h, states.copy_call)
+    return logits, {"s2s": s2s_state, "lm": lm_state}
 
 
 _SEQ2SEQ = (

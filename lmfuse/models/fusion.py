@@ -61,6 +61,12 @@ s2s_rnn's is its readout tanh(W_o [c_t ; s_t]), which holds the attention contex
 Gulcehre's deep output layer reads. A TransformerLM's h_t is its final state after ln_f, an
 RNNLM's the top layer's output.
 
+An s2s with a copy output (model.copy_source, a pointer-generator: lmfuse.models.copy)
+copies around the fused distribution: p = p_gen softmax(logits_t) + (1 - p_gen) copy_t, its
+gate and pointer attention the s2s's own, reading s_t (frozen with the s2s where the s2s is).
+Every method fuses the vocab part only; copying a source token stays the s2s's decision. For
+lm_prior the KL reads the TM's vocab logits S_t, before the copy mixture.
+
 A frozen base runs deterministically (no dropout: it is a fixed feature extractor) and its
 outputs pass through `stop_gradient`, so its backward pass is never computed.
 
@@ -284,7 +290,17 @@ class FusedSeq2Seq(EncoderDecoder):
             self.fusion = HEADS[self.cfg.method](self.cfg)
 
     def _copies_source(self) -> bool:
-        return False  # fusion refuses copy models (`registry.check_fusion`)
+        return self.s2s.cfg.copy_source
+
+    def copy_log_probs(self, hidden: Hidden | jax.Array, logits: jax.Array, *args, **kwargs
+                       ) -> jax.Array:
+        """`EncoderDecoder.copy_log_probs` with the s2s's own copy head, around the fused
+        logits: gate and pointer attention read the s2s state s_t (module docstring)."""
+        s = hidden["s2s"] if isinstance(hidden, dict) else hidden
+        return self.s2s.copy_log_probs(s, logits, *args, **kwargs)
+
+    def copy_keys(self, encoded: jax.Array) -> jax.Array:
+        return self.s2s.copy_keys(encoded)
 
     def encode(
         self,

@@ -120,11 +120,10 @@ def _as_dict(cfg: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, An
 def check_fusion(
     fusion_cfg: ml_collections.ConfigDict | Mapping[str, Any],
     model_name: str,
-    copy_source: bool = False,
 ) -> None:
     """One-line errors for a fusion group that cannot work: an unknown method or weights
-    kind, a base model that is not an encoder-decoder, or one with a copy output (every
-    method fuses the s2s's vocab logits and would drop the copy part without a word).
+    kind, or a base model that is not an encoder-decoder (one with a copy output is fine: the
+    copy mixture wraps the fused distribution, `lmfuse.models.fusion`).
     Workdirs are checked where loaded. Keys left out take their defaults."""
     f = {**fusion_defaults(), **_as_dict(fusion_cfg)}
     method = f.get("method")
@@ -136,11 +135,6 @@ def check_fusion(
         raise LmfuseError(
             f"fusion.method={method!r} fuses an LM into an encoder-decoder, but model.name="
             f"{model_name!r} is not one; use {' or '.join(SEQ2SEQ_NAMES)}"
-        )
-    if copy_source:
-        raise LmfuseError(
-            f"fusion.method={method!r} cannot fuse a model with model.copy_source=True (fusion "
-            "reads only its vocab logits); set model.copy_source=False or fusion.method=''"
         )
     if f["weights_kind"] not in WEIGHTS_KINDS:
         raise LmfuseError(
@@ -158,7 +152,7 @@ def check_fusion(
 def _build_fused(model_cfg, fusion_cfg: dict[str, Any], vocab_size: int) -> nn.Module:
     fusion_cfg = {**fusion_defaults(), **fusion_cfg}
     s2s_cfg = _checked(model_cfg, vocab_size)
-    check_fusion(fusion_cfg, s2s_cfg["name"], s2s_cfg["copy_source"])
+    check_fusion(fusion_cfg, s2s_cfg["name"])
     lm_model = fusion_cfg.get("lm_model") or {}
     if not lm_model:
         raise LmfuseError(

@@ -46,7 +46,7 @@ def _base_workdirs(fusion: ml_collections.ConfigDict) -> list[tuple[str, str]]:
 def check_fusion_config(config: ml_collections.ConfigDict) -> None:
     """Fusion settings that cannot work fail here, before any data or model is loaded."""
     fusion = config.fusion
-    check_fusion(fusion, config.model.name, config.model.copy_source)
+    check_fusion(fusion, config.model.name)
     if _resolved(fusion):
         return
     if fusion.method not in PRETRAINED_S2S and fusion.s2s_workdir:
@@ -59,10 +59,11 @@ def check_fusion_config(config: ml_collections.ConfigDict) -> None:
             what = "a trained LM" if base == "lm" else "the trained encoder-decoder it starts from"
             raise LmfuseError(f"fusion.method={fusion.method!r} needs fusion.{base}_workdir, {what}")
         stored = _base_config(workdir, base, None)
-        if base == "s2s" and stored.model.copy_source:
+        copies = stored.model.get("copy_source", False)
+        if base == "s2s" and copies != config.model.get("copy_source", False):
             raise LmfuseError(
-                f"fusion.s2s_workdir {workdir!r} holds a model.copy_source=True model, whose copy "
-                "output fusion would drop; fuse an encoder-decoder trained without it"
+                f"fusion.s2s_workdir {workdir!r} holds a model.copy_source={copies} model; set "
+                f"model.copy_source={copies} to fuse it"
             )
 
 

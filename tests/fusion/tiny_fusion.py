@@ -90,10 +90,11 @@ def model_cfg(name: str, **extra) -> dict:
     return c
 
 
-def fused_model(method: str, backbone: str, lm_kind: str | None = None, **fusion):
+def fused_model(method: str, backbone: str, lm_kind: str | None = None,
+                copy_source: bool = False, **fusion):
     """An unbound FusedSeq2Seq built through the registry, as a trainer builds it."""
     lm = model_cfg(lm_kind or LM_KIND[backbone], tie_embeddings=False)
-    s2s = model_cfg(backbone, attention="bahdanau")
+    s2s = model_cfg(backbone, attention="bahdanau", copy_source=copy_source)
     return build_model(s2s, VOCAB, {"method": method, "lm_model": lm, "cold_dim": 8, **fusion})
 
 
@@ -141,12 +142,13 @@ def train_batch(rows: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
 PREFIX = (1, 3, 2)  # decoding tests: prompt length of each row (BOS, then teacher tokens)
 
 
-def assert_cached_decoding_matches_teacher_forcing(backbone: str, method: str) -> None:
+def assert_cached_decoding_matches_teacher_forcing(backbone: str, method: str,
+                                                   copy_source: bool = False) -> None:
     """The fused DecodeStep prefills prompts of different lengths (left-padded inside), then
     steps token by token; every position's logits equal the full-sequence forward pass's."""
     from lmfuse.decode import DecodeStep, seq2seq_decode_step
 
-    model = fused_model(method, backbone, weights_kind="context")
+    model = fused_model(method, backbone, weights_kind="context", copy_source=copy_source)
     params = random_params(model, seed=7)
     decoder = seq2seq_decode_step(model)
     assert isinstance(decoder, DecodeStep) and not decoder.log_scores

@@ -7,18 +7,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import linen as nn
 
 from lmfuse.data.tokenizer import EOS_ID, PAD_ID
-from lmfuse.errors import LmfuseError
 from lmfuse.models import build_model, model_defaults
 from lmfuse.models.copy import CopyHead, mix_copy
 from lmfuse.models.layers import shift_right
-from lmfuse.train.fusion_init import check_fusion_config
 from lmfuse.train.objectives import Objective
 from lmfuse.train.step import LossOptions, TrainState, make_train_step
 
@@ -216,18 +213,6 @@ def test_packed_rows_are_distributions_and_equal_each_example_alone(name):
     np.testing.assert_allclose(out[0, :2], out[1, :2], atol=1e-5)
     np.testing.assert_allclose(out[0, 2:5], out[2, :3], atol=1e-5)
     assert set(nn.meta.unbox(params)["copy_head"]) == {"query", "key", "gate_kernel", "gate_bias"}
-
-
-def test_trained_fusion_rejects_a_copy_model():
-    config = ml_collections.ConfigDict({
-        "model": {"name": "s2s_transformer", "copy_source": True},
-        "fusion": {"method": "simple_prenorm", "lm_workdir": "", "s2s_workdir": "",
-                   "weights_kind": "scalar", "cold_dim": 8, "lm_model": {}},
-    })
-    with pytest.raises(LmfuseError, match="copy_source"):
-        check_fusion_config(config)
-    with pytest.raises(LmfuseError, match="copy_source"):
-        build_model(config.model, VOCAB, {**config.fusion.to_dict(), "lm_model": {"name": "gru"}})
 
 
 # ---------------------------------------------------------------------------------------------
