@@ -9,7 +9,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 export LMFUSE_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: venv demo test test-slow lint clean
+.PHONY: venv demo notebooks test test-slow lint clean
 
 venv: $(DEMO_STAMP)
 
@@ -32,6 +32,11 @@ $(TEST_STAMP): setup.cfg pyproject.toml Makefile | $(BIN)/python
 demo: $(DEMO_STAMP)
 	$(BIN)/lmfuse data prepare --config configs/s2s_transformer.py:tiny
 	$(BIN)/python experiments/demo.py --workdir workdirs/demo
+
+# Run the notebooks against the workdirs `make demo` trained and store their outputs.
+notebooks: $(TEST_STAMP)
+	$(BIN)/jupyter execute --inplace notebooks/01_inspect_lm.ipynb notebooks/02_attention.ipynb \
+		notebooks/03_fusion.ipynb
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 -q --durations=15

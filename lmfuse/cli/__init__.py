@@ -2,6 +2,7 @@
 
     lmfuse data prepare --config C [--data_dir D] [--config.key=value ...]
     lmfuse data show    --config C [--n 3]        [--config.key=value ...]
+    lmfuse config  --config C [--json] [--no_check] [--config.key=value ...]
     lmfuse train   --config C --workdir W [--config.key=value ...]   (resumes if W has a checkpoint)
     lmfuse eval    --workdir W [--split validation|test] [--output F.json]
     lmfuse inspect --workdir W
@@ -12,7 +13,7 @@ Studies are scripts: `python experiments/<study>.py --help`.
 
 A user mistake (`LmfuseError`) is printed as one line, `lmfuse: error: ...`, with exit status 2;
 so is a command-line mistake argparse finds (`lmfuse eval: error: ...`, without the usage block,
-which `--help` prints).
+which `--help` prints). Every `--help` shows the options' defaults.
 Each subcommand module has `add_parser(subcommands)`, which names its handler: `run(args,
 overrides)` for the commands that read a config file, `run(args)` for those that read the
 config stored in a workdir.
@@ -21,21 +22,53 @@ config stored in a workdir.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from lmfuse.cli import config as config_command
 from lmfuse.cli import data, inspect, sample, train, translate
 from lmfuse.cli import eval as eval_command
 from lmfuse.config import split_override_args
 from lmfuse.errors import LmfuseError
 
-SUBCOMMANDS = (data, train, eval_command, inspect, sample, translate)
+SUBCOMMANDS = (data, config_command, train, eval_command, inspect, sample, translate)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows an option's default where it says something: not for a default of None
+    (the help text says what happens then), an empty list, or an on/off flag. An option
+    without help text gets a line for its default alone."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.option_strings and _says_something(action):
+            action = copy.copy(action)  # argparse prints no line for an option without help
+            action.help = "(default: %(default)s)"
+        super().add_argument(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if not _says_something(action):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _says_something(action: argparse.Action) -> bool:
+    return not (
+        action.default in (None, argparse.SUPPRESS)
+        or action.default == []
+        or isinstance(action, argparse._StoreConstAction)  # store_true/false and the like
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors on one line, like every other user mistake: the usage block it
-    prints first would bury the cause. Subparsers inherit the class."""
+    prints first would bury the cause. Subparsers inherit the class, and its help formatter,
+    which shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
@@ -92,4 +125,5 @@ def quiet_library_logs() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-__all__ = ["OneLineParser", "build_parser", "main", "quiet_library_logs", "run"]
+__all__ = ["DefaultsHelpFormatter", "OneLineParser", "build_parser", "main", "quiet_library_logs",
+           "run"]

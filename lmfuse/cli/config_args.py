@@ -15,7 +15,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         "--config", required=True, help="config file, e.g. configs/data_bible.py[:variant]"
     )
     parser.add_argument(
-        "--data_dir", default=None, help="prepared data directory (default $LMFUSE_DATA_DIR)"
+        "--data_dir", default=None,
+        help="prepared data directory (default: $LMFUSE_DATA_DIR, else ~/.cache/lmfuse)"
     )
 
 

@@ -5,7 +5,6 @@ copy-the-source baseline)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,28 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="validation", choices=("validation", "test"))
     p.add_argument("--beam", type=int, default=0, help="seq2seq: beam size (0: config)")
+    add_ngram_flag(p)
     p.add_argument("--output", default=None,
                    help="results file (default: <workdir>/eval_<split>.json); a seq2seq's "
                         "hypotheses and sample ids go beside it (<name>_hypotheses.txt, "
                         "<name>_ids.txt)")
     add_sample_flags(p, "<output>_ids.txt")
     return p
+
+
+def add_ngram_flag(p: argparse.ArgumentParser) -> None:
+    """--no_repeat_ngram_size (beam search), for eval and translate."""
+    p.add_argument("--no_repeat_ngram_size", type=int, default=None, metavar="N",
+                   help="no N-gram occurs twice in a hypothesis (0 disables; default: "
+                        "config.decode.no_repeat_ngram_size, 0 if unset)")
+
+
+def check_ngram_flag(args: argparse.Namespace) -> None:
+    from lmfuse.errors import LmfuseError
+
+    if args.no_repeat_ngram_size is not None and args.no_repeat_ngram_size < 0:
+        raise LmfuseError(f"--no_repeat_ngram_size={args.no_repeat_ngram_size} must be >= 0 "
+                          "(0 disables it)")
 
 
 def add_sample_flags(p: argparse.ArgumentParser, ids_file: str) -> None:
@@ -42,6 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.sample < 0:
         raise LmfuseError(f"--sample {args.sample} must be >= 0 (0: the whole split)")
+    check_ngram_flag(args)
     workdir_to_read(args.workdir)
     outputs = output_paths(args)
     fix = ("pass --output <file.json> in a writable folder" if args.output is None
@@ -100,8 +116,9 @@ def _translation_scores(model, params, args: argparse.Namespace
     ids, sources, references = split_examples(model.config, args.split)
     ids, (sources, references) = protocol.sample_split(ids, (sources, references), args.sample,
                                                        args.seed)
-    options = TranslateOptions.from_config(model.config, beam_size=args.beam,
-                                           progress=sys.stderr.isatty())
+    # Progress off a terminal too: plain lines in a log instead of a bar (lmfuse.progress).
+    options = TranslateOptions.from_config(model.config, beam_size=args.beam, progress=True,
+                                           no_repeat_ngram_size=args.no_repeat_ngram_size)
     out, scores = translate_and_score(seq2seq_decode_step(model.model), nn.meta.unbox(params),
                                       model.tokenizer, sources, references, options)
     what = f"{len(ids)} sampled with seed {args.seed}" if args.sample else "all"

@@ -2,6 +2,7 @@
 
     lmfuse sample --workdir W --prompt "In the beginning" [--prompts_file F] --max_len 64
                   [--temperature 1.0 --top_k 0 --top_p 1.0 --min_p 0.0 --repetition_penalty 1.0]
+                  [--no_repeat_ngram_size 0]
                   [--num 1] [--seed 0] [--beam K --alpha 0.6]
 
 Prompts are encoded with the workdir's tokenizer and start with BOS, as training documents do.
@@ -28,6 +29,8 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--top_p", type=float, default=1.0, help="1 disables")
     p.add_argument("--min_p", type=float, default=0.0, help="0 disables")
     p.add_argument("--repetition_penalty", type=float, default=1.0, help="1 disables")
+    p.add_argument("--no_repeat_ngram_size", type=int, default=0, metavar="N",
+                   help="no N-gram occurs twice in a generated text (sampling and beam); 0 disables")
     p.add_argument("--num", type=int, default=1, help="samples per prompt (with --beam: n-best entries to print)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beam", type=int, default=0, help="beam size; > 0 runs beam search")
@@ -62,6 +65,9 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise LmfuseError(f"--min_p={args.min_p} must be in [0, 1]")
     if args.repetition_penalty <= 0:
         raise LmfuseError(f"--repetition_penalty={args.repetition_penalty} must be positive")
+    if args.no_repeat_ngram_size < 0:
+        raise LmfuseError(f"--no_repeat_ngram_size={args.no_repeat_ngram_size} must be >= 0 "
+                          "(0 disables it)")
     if args.beam < 0:
         raise LmfuseError(f"--beam={args.beam} must be >= 0 (0 means sampling)")
     return prompts
@@ -106,7 +112,8 @@ def run(args: argparse.Namespace) -> list[list[str]]:
 
     results: list[list[str]] = []
     if args.beam > 0:
-        out = beam_search(decoder, params, batch, beam_size=args.beam, max_new_tokens=args.max_len, alpha=args.alpha)
+        out = beam_search(decoder, params, batch, beam_size=args.beam, max_new_tokens=args.max_len,
+                          alpha=args.alpha, no_repeat_ngram_size=args.no_repeat_ngram_size)
         seqs, scores = np.asarray(out.tokens), np.asarray(out.scores)
         for i in range(len(prompts)):
             texts = [tokenizer.decode(encoded[i] + seqs[i, j].tolist()) for j in range(min(args.num, args.beam))]
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> list[list[str]]:
             decoder, params, batch, jax.random.key(args.seed), max_new_tokens=args.max_len,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
             repetition_penalty=args.repetition_penalty, num_samples=args.num,
+            no_repeat_ngram_size=args.no_repeat_ngram_size, return_logprobs=False,
         )
         seqs = np.asarray(out.tokens)
         for i in range(len(prompts)):

@@ -28,11 +28,15 @@ def run(args: argparse.Namespace, overrides: Sequence[str]) -> None:
 
     # Config and workdir first: a refused run creates no workdir and prepares no data.
     check_config(config)
+    from lmfuse.evaluate.validation import translation_hook
+
+    # An encoder-decoder's evaluations also decode a validation sample: BLEU and chrF curves.
+    extra_eval = translation_hook(config)
     workdir_to_write(args.workdir)
     check_workdir_config(args.workdir, config)
     from lmfuse.train.loop import train
 
-    train(config, args.workdir, progress=not args.no_progress)
+    train(config, args.workdir, progress=not args.no_progress, extra_eval=extra_eval)
 
 
 def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:

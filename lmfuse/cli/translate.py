@@ -1,7 +1,7 @@
 """`lmfuse translate`: decode a file or a dataset split with a trained seq2seq workdir.
 
     lmfuse translate --workdir W [--input F | --split test] [--output F] [--step S]
-                     [--beam K --alpha A]
+                     [--beam K --alpha A] [--no_repeat_ngram_size N]
                      [--max_len N] [--batch_size B]
                      [--fusion shallow|density_ratio|ilme --lm W_LM --lm_weight λ
                       --source_lm W_SRC --source_lm_weight λ2 --ilm_weight μ --length_reward r]
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmfuse.cli.eval import add_sample_flags
+from lmfuse.cli.eval import add_ngram_flag, add_sample_flags, check_ngram_flag
 from lmfuse.errors import LmfuseError
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--step", type=int, default=0, help="checkpoint step (0: the latest)")
     p.add_argument("--beam", type=int, default=0, help="beam size (0: config.decode.beam_size)")
     p.add_argument("--alpha", type=float, default=None, help="GNMT length penalty")
+    add_ngram_flag(p)
     p.add_argument("--max_len", type=int, default=0, help="tokens to generate (0: from config)")
     p.add_argument("--batch_size", type=int, default=0, help="sentences per batch (0: config)")
     add_sample_flags(p, "<output>_ids.txt (with --split)")
@@ -86,6 +87,7 @@ def _check(args: argparse.Namespace) -> None:
     for flag in ("step", "beam", "max_len", "batch_size", "sample"):
         if getattr(args, flag) < 0:
             raise LmfuseError(f"--{flag}={getattr(args, flag)} must be >= 0")
+    check_ngram_flag(args)
 
 
 def output_paths(args: argparse.Namespace) -> dict[str, Path]:
@@ -163,7 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         references = None
     options = TranslateOptions.from_config(
         config, beam_size=args.beam, alpha=args.alpha, max_new_tokens=args.max_len,
-        batch_size=args.batch_size, progress=sys.stderr.isatty(),
+        batch_size=args.batch_size, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        progress=True,  # a bar on a terminal, else plain lines (lmfuse.progress)
     )
     base_params = params
     decoder, params = build_decode_fusion(model, nn.meta.unbox(params), flags,

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lmfuse.data import bible, bible_ids, bible_text, builders, sword, textfiles, tfds_named
-from lmfuse.data.tokenizer import Tokenizer, train_tokenizer
+from lmfuse.data.tokenizer import Tokenizer, notice_small_vocab, train_tokenizer
 from lmfuse.errors import LmfuseError
 
 VIEWS = ("lm", "translate")
@@ -166,14 +166,17 @@ def _unknown_corpus(name: str) -> LmfuseError:
 # Examples
 
 
-def load_examples(config: ml_collections.ConfigDict, split: str) -> Examples:
-    """The examples of `split` in the config's view."""
+def load_examples(
+    config: ml_collections.ConfigDict, split: str, in_memory: bool = False
+) -> Examples:
+    """The examples of `split` in the config's view. `in_memory` reads a Bible split in one
+    batch, for a pass over all of it: record by record, the public view's 165k take minutes."""
     data_cfg = config.data
     check_view(data_cfg)
     if split not in SPLITS:
         raise LmfuseError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if data_cfg.corpus == "bible":
-        examples = _bible_examples(config, split)
+        examples = _bible_examples(config, split, in_memory)
     elif data_cfg.corpus == "text":
         examples = _text_examples(data_cfg, split)
     elif tfds_named.is_named_dataset(data_cfg.corpus):
@@ -276,9 +279,11 @@ class _VerseView:
         return {"source": source, "target": texts[1]}
 
 
-def _bible_examples(config: ml_collections.ConfigDict, split: str) -> Examples:
+def _bible_examples(config: ml_collections.ConfigDict, split: str, in_memory: bool) -> Examples:
     data_cfg = config.data
     sources = bible_sources(needed_builders(config), split, data_dir(data_cfg))
+    if in_memory:  # lists index like the sources, so the view is the same
+        sources = {name: src.__getitems__(range(len(src))) for name, src in sources.items()}
     if data_cfg.view == "lm":
         pairs = [(version,) for version in parse_versions(data_cfg.versions)]
     else:
@@ -303,9 +308,7 @@ def example_ids(config: ml_collections.ConfigDict, split: str) -> list[str]:
         verses = [row["verse_id"] for row in source.__getitems__(range(len(source)))]
         pairs = _translate_sources(data_cfg) if data_cfg.view == "translate" else ("",)
         names = [bible_ids.reference(int(v)) for v in verses]
-        if len(pairs) == 1:
-            return names
-        return [f"{name} <{pair}>" for name in names for pair in pairs]
+        return names if len(pairs) == 1 else [f"{n} <{pair}>" for n in names for pair in pairs]
     if data_cfg.corpus == "text":
         return [f"line {i + 1}" for i in range(count)]
     return [str(i) for i in range(count)]
@@ -337,8 +340,9 @@ def tokenizer_cache_dir(config: ml_collections.ConfigDict) -> Path:
     return data_dir(config.data) / "tokenizers"
 
 
-def _corpus_fingerprint(config: ml_collections.ConfigDict) -> dict:
-    """What the tokenizer's training text depends on, cheap to compute (no text is read)."""
+def corpus_fingerprint(config: ml_collections.ConfigDict) -> dict:
+    """What the tokenizer's training text and the data report depend on, cheap to compute (no
+    text is read)."""
     data_cfg, root = config.data, data_dir(config.data)
     if data_cfg.corpus == "bible":
         files = sorted(p for name in needed_builders(config) for p in (root / name).rglob("*train*"))
@@ -368,13 +372,12 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     settings = {k: v for k, v in tok_cfg.to_dict().items() if k != "model_file"}
     if config.data.corpus == "bible":  # the default ('') keys as the versions it stands for
         settings["versions"] = tokenizer_spec(config)
-    key = hashlib.sha256(
-        json.dumps([settings, _corpus_fingerprint(config)], sort_keys=True).encode()
-    ).hexdigest()
+    payload = json.dumps([settings, corpus_fingerprint(config)], sort_keys=True)
+    key = hashlib.sha256(payload.encode()).hexdigest()
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     known = index_path.parent / index.get(key, "missing")
     if known.is_file():
-        return Tokenizer(known)
+        return notice_small_vocab(Tokenizer(known), tok_cfg.vocab_size)  # as when trained
     tokenizer = _train_config_tokenizer(config)
     index[key] = tokenizer.path.name
     tmp = index_path.with_suffix(".tmp")

@@ -43,6 +43,7 @@ import itertools
 import os
 import pathlib
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 
@@ -166,7 +167,8 @@ def train_tokenizer(
     """Train (or load from `cache_dir`) a SentencePiece model on the first `max_sentences` texts.
 
     The cache file is ``cache_dir/spm-<hash>.model`` where the hash covers every setting and
-    every text used, so a changed corpus or setting trains a new model.
+    every text used, so a changed corpus or setting trains a new model. A vocabulary smaller
+    than `vocab_size` (too little text) is kept, with a notice (`notice_small_vocab`).
     """
     if model_type not in MODEL_TYPES:
         raise LmfuseError(
@@ -188,7 +190,21 @@ def train_tokenizer(
         model = _train(sentences, settings)
         cache_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, model)
-    return Tokenizer(path)
+    return notice_small_vocab(Tokenizer(path), vocab_size)
+
+
+def notice_small_vocab(tokenizer: Tokenizer, asked: int) -> Tokenizer:
+    """`tokenizer`, after one line on stderr if its vocabulary is smaller than `asked`:
+    training runs with ``hard_vocab_limit=False``, so a text with too few distinct pieces
+    silently gets fewer."""
+    if tokenizer.vocab_size < asked:
+        print(
+            f"tokenizer: vocabulary {tokenizer.vocab_size} < tokenizer.vocab_size {asked} asked: "
+            "the text has too few distinct pieces; set "
+            f"tokenizer.vocab_size={tokenizer.vocab_size} to silence this",
+            file=sys.stderr,
+        )
+    return tokenizer
 
 
 def _collect(texts: Iterable[str], settings: dict, max_sentences: int) -> tuple[list[str], str]:
@@ -227,7 +243,7 @@ def _train(sentences: list[str], settings: dict) -> bytes:
             add_dummy_prefix=False,
             remove_extra_whitespaces=False,
             split_digits=True,
-            # Smaller vocab than asked is fine for tiny corpora.
+            # Smaller vocab than asked is fine for tiny corpora (train_tokenizer says so).
             hard_vocab_limit=False,
             # Multithreaded EM sums in a varying order; one thread keeps the output stable.
             num_threads=1,

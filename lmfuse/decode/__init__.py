@@ -10,12 +10,14 @@ from lmfuse.decode.beam import BeamOutput, beam_search, gather_beams, length_pen
 from lmfuse.decode.processors import (
     DecodeContext,
     MinP,
+    NoRepeatNGram,
     RepetitionPenalty,
     SuppressTokens,
     Temperature,
     TopK,
     TopP,
     apply_processors,
+    repeated_ngram_ban,
     sampling_processors,
 )
 from lmfuse.decode.sampling import GREEDY_TEMPERATURE, SampleOutput, greedy, sample
@@ -27,6 +29,7 @@ __all__ = [
     "DecodeContext",
     "DecodeStep",
     "MinP",
+    "NoRepeatNGram",
     "RepetitionPenalty",
     "SampleOutput",
     "SuppressTokens",
@@ -41,6 +44,7 @@ __all__ = [
     "left_pad",
     "length_penalty",
     "lm_decode_step",
+    "repeated_ngram_ban",
     "sample",
     "sampling_processors",
     "seq2seq_decode_step",

@@ -7,6 +7,11 @@ compete for the K finished slots by the ranking score below, the rest for the K 
 their sum of scores. The decode state (KV cache, RNN carry, anything) is reordered by gathering
 every leaf with the chosen beam indices (`gather_beams`), then stepped once with the new tokens.
 
+With `no_repeat_ngram_size` n > 0, each live beam's extensions that would repeat an n-gram of
+its own generated tokens get score -inf (`repeated_ngram_ban`, on the per-token scores after
+log_softmax as in Hugging Face: the other tokens keep their log-probs). The beams' token
+buffers are reordered with the state, so the ban always reads the hypothesis it extends.
+
 Ranking score of a finished hypothesis, by `DecodeStep.monotone`:
 
 * monotone (log-probs; shallow fusion with λ >= 0, β <= 0; every per-token score <= 0):
@@ -36,7 +41,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lmfuse.decode.processors import DecodeContext, Processor, SuppressTokens, apply_processors
+from lmfuse.decode.processors import (
+    DecodeContext,
+    Processor,
+    SuppressTokens,
+    apply_processors,
+    repeated_ngram_ban,
+)
 from lmfuse.decode.step import Batch, DecodeStep
 from lmfuse.tokens import EOS_ID, PAD_ID
 
@@ -95,33 +106,37 @@ def beam_search(
     eos_id: int | None = EOS_ID,
     processors: Sequence[Processor] = (),
     suppress_pad: bool = True,
+    no_repeat_ngram_size: int = 0,
 ) -> BeamOutput:
     """K-best continuations of each prompt in `batch` (see `DecodeStep`), best first.
 
     Sequences that reach `max_new_tokens` without EOS count as finished. `eos_id=None` makes
     every hypothesis exactly `max_new_tokens` long (exact search when K >= V ** N). `alpha`
     (the GNMT exponent) applies to monotone decoders only; a non-monotone one ranks by its raw
-    fused sum (`ranking_alpha`; the module docstring says why).
+    fused sum (`ranking_alpha`; the module docstring says why). `no_repeat_ngram_size` n > 0:
+    no hypothesis repeats an n-gram of its generated tokens (0 disables it).
     """
     if beam_size <= 0 or max_new_tokens <= 0:
         raise ValueError(f"beam_size={beam_size} and max_new_tokens={max_new_tokens} must be positive")
     chain = ((SuppressTokens((PAD_ID,)),) if suppress_pad else ()) + tuple(processors)
     return _beam_search(
         decoder, chain, int(beam_size), int(max_new_tokens), ranking_alpha(decoder, alpha),
-        params, batch,
+        max(int(no_repeat_ngram_size), 0), params, batch,
         jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _beam_search(decoder, chain, k, num_tokens, alpha, params, batch, eos_id):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos_id):
     prompt = batch["prompt"]
     b, prompt_len = prompt.shape
     logits, state = decoder.init(params, batch, prompt_len + num_tokens)
     vocab = logits.shape[-1]
     logits, state = tile_beams((logits, state), k)
-    seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt].set(True)
-    seen = tile_beams(seen.at[:, PAD_ID].set(False), k)
+    seen = None  # only a processor that reads it pays for its scatter per step
+    if any(getattr(processor, "uses_seen", False) for processor in chain):
+        seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt].set(True)
+        seen = tile_beams(seen.at[:, PAD_ID].set(False), k)
     two_k = 2 * k
 
     def cond(c):
@@ -134,9 +149,12 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, params, batch, eos_id):
 
     def body(c):
         i, logits, state, seen, live_logprobs, live_seqs, fin_scores, fin_logprobs, fin_seqs, fin_flags = c
-        processed = apply_processors(chain, logits, DecodeContext(i, seen, state))
+        generated = live_seqs.reshape(b * k, num_tokens)
+        processed = apply_processors(chain, logits, DecodeContext(i, seen, state, generated))
         if not decoder.log_scores:
             processed = jax.nn.log_softmax(processed, axis=-1)
+        if ngram:
+            processed = repeated_ngram_ban(processed, generated, i, ngram)
         token_logprobs = processed.reshape(b, k, vocab)
         # -inf (suppressed) becomes NEG_INF so scores stay finite and comparable.
         candidates = live_logprobs[:, :, None] + jnp.maximum(token_logprobs, NEG_INF)
@@ -168,7 +186,8 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, params, batch, eos_id):
 
         # Reorder the decode state to the surviving beams' parents, then feed their tokens.
         state, seen = gather_beams((state, seen), parent, k)
-        seen = seen.at[jnp.arange(b * k), new_tokens].set(True)
+        if seen is not None:
+            seen = seen.at[jnp.arange(b * k), new_tokens].set(True)
         logits, state = decoder.step(params, state, new_tokens)
         return (i + 1, logits, state, seen, new_live_logprobs, new_live_seqs, new_fin_scores,
                 new_fin_logprobs, new_fin_seqs, new_fin_flags)

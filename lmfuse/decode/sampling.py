@@ -4,10 +4,14 @@
 that stops after `max_new_tokens` or as soon as every row has produced EOS. Python never runs
 per token, and a new PRNG key or new prompts of the same shape reuse the compiled program.
 
-Per step: raw logits -> processors (fusion hooks first, then repetition penalty, temperature,
-top-k, top-p, min-p) -> a token (argmax when greedy, else a categorical draw) -> its log-prob
-under log_softmax of the processed logits. Rows that have emitted EOS get PAD (log-prob 0)
-from then on. T5X convention: temperature below `GREEDY_TEMPERATURE` means greedy.
+Per step: raw logits -> processors (fusion hooks first, then repetition penalty, the n-gram
+ban, temperature) -> top-k, top-p, min-p on a candidate set (`lmfuse.decode.truncation`) -> a
+token (argmax when greedy, else a categorical draw) -> its log-prob under the truncated
+distribution. Rows that have emitted EOS get PAD (log-prob 0) from then on. T5X convention:
+temperature below `GREEDY_TEMPERATURE` means greedy.
+
+Work a setting does not ask for is not traced: the `seen` set is kept only for a processor that
+reads it (repetition penalty), log-probs only when returned, the n-gram ban only when n > 0.
 """
 
 from __future__ import annotations
@@ -24,20 +28,22 @@ from lmfuse.decode.processors import (
     Processor,
     SuppressTokens,
     apply_processors,
-    sampling_processors,
+    shaping_processors,
 )
 from lmfuse.decode.step import Batch, DecodeStep
+from lmfuse.decode.truncation import Truncation, choose_tokens
 from lmfuse.tokens import EOS_ID, PAD_ID
 
 GREEDY_TEMPERATURE = 1e-4
 
 
 class SampleOutput(NamedTuple):
-    """tokens [B, S, N] int32 (PAD after EOS), logprobs [B, S, N] float32 (0 after EOS),
-    lengths [B, S] int32 (generated tokens, EOS included); S = num_samples per prompt."""
+    """tokens [B, S, N] int32 (PAD after EOS), logprobs [B, S, N] float32 (0 after EOS; None
+    when not asked for), lengths [B, S] int32 (generated tokens, EOS included); S =
+    num_samples per prompt."""
 
     tokens: jax.Array
-    logprobs: jax.Array
+    logprobs: jax.Array | None
     lengths: jax.Array
 
 
@@ -53,15 +59,18 @@ def sample(
     top_p: float = 1.0,
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     num_samples: int = 1,
     eos_id: int | None = EOS_ID,
     processors: Sequence[Processor] = (),
     suppress_pad: bool = True,
+    return_logprobs: bool = True,
 ) -> SampleOutput:
     """Generates `num_samples` continuations of each prompt in `batch` (see `DecodeStep`).
 
     `processors` run before the built-in sampling chain (decode-time fusion goes there).
-    `eos_id=None` generates exactly `max_new_tokens` tokens.
+    `no_repeat_ngram_size` n > 0: no n-gram occurs twice among a row's generated tokens
+    (`repeated_ngram_ban`). `eos_id=None` generates exactly `max_new_tokens` tokens.
     """
     if max_new_tokens <= 0 or num_samples <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be positive")
@@ -69,10 +78,12 @@ def sample(
     chain = (
         ((SuppressTokens((PAD_ID,)),) if suppress_pad else ())
         + tuple(processors)
-        + sampling_processors(temperature, top_k, top_p, min_p, repetition_penalty, greedy=greedy)
+        + shaping_processors(temperature, repetition_penalty, no_repeat_ngram_size, greedy=greedy)
     )
+    truncation = Truncation(int(top_k), float(top_p), float(min_p))
     return _generate(
-        decoder, chain, greedy, int(max_new_tokens), int(num_samples), params, batch, key,
+        decoder, chain, truncation, greedy, bool(return_logprobs), int(max_new_tokens),
+        int(num_samples), params, batch, key,
         jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id
     )
 
@@ -84,8 +95,9 @@ def greedy(decoder: DecodeStep, params: Any, batch: Batch, *, max_new_tokens: in
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _generate(decoder, chain, greedy_, num_tokens, num_samples, params, batch, key, eos_id):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _generate(decoder, chain, truncation, greedy_, with_logprobs, num_tokens, num_samples, params,
+              batch, key, eos_id):
     if num_samples > 1:
         # Each prompt repeated in place, so rows s*S .. s*S+S-1 are prompt s's samples.
         batch = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0), batch)
@@ -93,9 +105,11 @@ def _generate(decoder, chain, greedy_, num_tokens, num_samples, params, batch, k
     rows, prompt_len = prompt.shape
     logits, state = decoder.init(params, batch, prompt_len + num_tokens)
     vocab = logits.shape[-1]
-    seen = jnp.zeros((rows, vocab), bool).at[jnp.arange(rows)[:, None], prompt].set(True)
-    seen = seen.at[:, PAD_ID].set(False)
     row_ids = jnp.arange(rows)
+    seen = None  # only a processor that reads it pays for its scatter per step
+    if any(getattr(processor, "uses_seen", False) for processor in chain):
+        seen = jnp.zeros((rows, vocab), bool).at[row_ids[:, None], prompt].set(True)
+        seen = seen.at[:, PAD_ID].set(False)
 
     def cond(carry):
         i, done = carry[0], carry[4]
@@ -103,17 +117,16 @@ def _generate(decoder, chain, greedy_, num_tokens, num_samples, params, batch, k
 
     def body(carry):
         i, logits, state, seen, done, tokens, logprobs = carry
-        processed = apply_processors(chain, logits, DecodeContext(i, seen, state))
-        if greedy_:
-            tok = jnp.argmax(processed, axis=-1).astype(jnp.int32)
-        else:
-            tok = jax.random.categorical(jax.random.fold_in(key, i), processed, axis=-1).astype(jnp.int32)
-        logprob = jnp.take_along_axis(jax.nn.log_softmax(processed, axis=-1), tok[:, None], axis=-1)[:, 0]
+        processed = apply_processors(chain, logits, DecodeContext(i, seen, state, tokens))
+        step_key = None if greedy_ else jax.random.fold_in(key, i)
+        tok, logprob = choose_tokens(processed, step_key, truncation, with_logprobs)
         tok = jnp.where(done, PAD_ID, tok)
-        logprob = jnp.where(done, 0.0, logprob)
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
-        logprobs = jax.lax.dynamic_update_slice(logprobs, logprob[:, None], (0, i))
-        seen = seen.at[row_ids, tok].set(seen[row_ids, tok] | ~done)
+        if with_logprobs:
+            logprob = jnp.where(done, 0.0, logprob)
+            logprobs = jax.lax.dynamic_update_slice(logprobs, logprob[:, None], (0, i))
+        if seen is not None:
+            seen = seen.at[row_ids, tok].set(seen[row_ids, tok] | ~done)
         done = done | (tok == eos_id)
         # The step after the last token is wasted work, but keeps the loop body uniform.
         logits, state = decoder.step(params, state, tok)
@@ -121,9 +134,12 @@ def _generate(decoder, chain, greedy_, num_tokens, num_samples, params, batch, k
 
     init = (
         jnp.asarray(0, jnp.int32), logits, state, seen, jnp.zeros((rows,), bool),
-        jnp.full((rows, num_tokens), PAD_ID, jnp.int32), jnp.zeros((rows, num_tokens), jnp.float32),
+        jnp.full((rows, num_tokens), PAD_ID, jnp.int32),
+        jnp.zeros((rows, num_tokens), jnp.float32) if with_logprobs else None,
     )
     _, _, _, _, _, tokens, logprobs = jax.lax.while_loop(cond, body, init)
     lengths = jnp.sum(tokens != PAD_ID, axis=-1).astype(jnp.int32)
-    split = lambda x: x.reshape(rows // num_samples, num_samples, *x.shape[1:])  # noqa: E731
+    def split(x):  # [rows, ...] -> [prompts, samples, ...]
+        return None if x is None else x.reshape(rows // num_samples, num_samples, *x.shape[1:])
+
     return SampleOutput(split(tokens), split(logprobs), split(lengths))

@@ -15,8 +15,10 @@ can be written as JSON as it is.
   exponential smoothing, chrF with character order 6 and no word n-grams), so they equal
   `sacrebleu REF -i HYP -m bleu chrf` and their signatures say exactly what was computed.
 - ROUGE-L is rouge_score's `rougeL` F-measure (sentence-level longest common subsequence, no
-  stemming, rouge_score's own lowercasing alphanumeric tokenizer), computed per sentence pair
-  and averaged over sentences. It is not the summary-level `rougeLsum`.
+  stemming), computed per sentence pair and averaged over sentences. It is not the
+  summary-level `rougeLsum`. Like BLEU and chrF it is case-sensitive: words are rouge_score's
+  (runs of ASCII letters and digits) without its lowercasing, so "LORD" and "Lord" differ;
+  `lowercase=True` (`rouge_lowercase` of `score_translations`) is rouge_score's own tokenizer.
 - PINC (Chen & Dolan 2011; reported for style transfer on the Bible by Carlson et al. 2018)
   measures how much of a hypothesis is *new* relative to its source, so it is the counterweight
   to BLEU: copying the source scores PINC 0 however high its BLEU is.
@@ -38,10 +40,11 @@ can be written as JSON as it is.
 from __future__ import annotations
 
 import functools
+import re
 import statistics
 from collections.abc import Sequence
 
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.bleu import BLEUScore
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
@@ -83,10 +86,11 @@ def pinc(
     )
 
 
-def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """ROUGE-L F-measure x100, computed per sentence and averaged over sentences."""
+def rouge_l(hypotheses: Sequence[str], references: Sequence[str], lowercase: bool = False) -> float:
+    """ROUGE-L F-measure x100, computed per sentence and averaged over sentences; case-sensitive
+    unless `lowercase` (see the module docstring)."""
     _check_aligned(hypotheses=hypotheses, references=references)
-    scorer = _rouge_l_scorer()
+    scorer = _rouge_l_scorer(lowercase)
     return 100.0 * statistics.fmean(
         scorer.score(reference, hypothesis)["rougeL"].fmeasure  # rouge_score takes target first
         for hypothesis, reference in zip(hypotheses, references, strict=True)
@@ -94,12 +98,16 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
 
 
 def score_translations(
-    hypotheses: Sequence[str], references: Sequence[str], sources: Sequence[str]
+    hypotheses: Sequence[str],
+    references: Sequence[str],
+    sources: Sequence[str],
+    rouge_lowercase: bool = False,
 ) -> dict:
     """BLEU, chrF, ROUGE-L and PINC of the hypotheses, and of copying the source instead.
 
     The copy-the-source row is the baseline a style-transfer model has to beat: on the Bible,
     where versions share most of their words, copying already scores a high BLEU.
+    `rouge_lowercase` makes ROUGE-L case-insensitive (`rouge_l`'s `lowercase`).
     """
     _check_aligned(hypotheses=hypotheses, references=references, sources=sources)
     bleu, bleu_signature, length_ratio = _sacrebleu_score(BLEU(), hypotheses, references)
@@ -111,11 +119,11 @@ def score_translations(
     return {
         "bleu": bleu,
         "chrf": chrf,
-        "rouge_l": rouge_l(hypotheses, references),
+        "rouge_l": rouge_l(hypotheses, references, rouge_lowercase),
         "pinc": pinc(sources, hypotheses),
         "copy_bleu": copy_bleu,
         "copy_chrf": copy_chrf,
-        "copy_rouge_l": rouge_l(sources, references),
+        "copy_rouge_l": rouge_l(sources, references, rouge_lowercase),
         "copy_pinc": copy_pinc,
         # Hypothesis / reference length in BLEU's tokens: a fused system that wins by
         # shortening or lengthening its outputs shows here.
@@ -158,9 +166,20 @@ def _sacrebleu_score(
     return float(score.score), str(metric.get_signature()), ratio
 
 
+class CaseKeepingTokenizer(tokenizers.Tokenizer):
+    """rouge_score's default tokenization, runs of ASCII letters and digits, without its
+    lowercasing: ROUGE-L then tells case apart, as BLEU and chrF do."""
+
+    _WORD = re.compile(r"[A-Za-z0-9]+")
+
+    def tokenize(self, text: str) -> list[str]:
+        return self._WORD.findall(text)
+
+
 @functools.cache
-def _rouge_l_scorer() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+def _rouge_l_scorer(lowercase: bool) -> rouge_scorer.RougeScorer:
+    tokenizer = None if lowercase else CaseKeepingTokenizer()  # None: rouge_score's, lowercasing
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=tokenizer)
 
 
 @functools.cache

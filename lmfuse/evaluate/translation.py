@@ -10,7 +10,8 @@ Lines are encoded with the model's tokenizer, cut to the model's source length (
 and decoded by beam search in fixed-shape batches, so one compiled program serves every batch.
 Empty lines give empty outputs without decoding, and output line i always belongs to input
 line i. Characters outside the vocabulary reach the model as bytes (the tokenizer's byte
-fallback), so no input can fail to encode.
+fallback), so no input can fail to encode. With `progress`, a bar (or, off a terminal, a
+plain line every few seconds: `lmfuse.progress`) counts the lines translated.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.decode import DecodeStep, beam_search
@@ -30,6 +30,7 @@ from lmfuse.decode.beam import ranking_alpha
 from lmfuse.decode.rescoring import Rescorer
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate.metrics import score_translations
+from lmfuse.progress import progress_bar
 from lmfuse.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -41,6 +42,7 @@ class TranslateOptions:
     max_new_tokens: int = 128
     batch_size: int = 64
     progress: bool = False
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in a hypothesis
 
     @classmethod
     def from_config(
@@ -52,9 +54,12 @@ class TranslateOptions:
         max_new_tokens: int = 0,
         batch_size: int = 0,
         progress: bool = False,
+        no_repeat_ngram_size: int | None = None,
     ) -> TranslateOptions:
         """A workdir config's decoding settings; a given value (non-zero, not None) wins."""
         decode = config.decode
+        if no_repeat_ngram_size is None:  # workdirs trained before the key existed: off
+            no_repeat_ngram_size = decode.get("no_repeat_ngram_size", 0)
         return cls(
             beam_size=beam_size or decode.beam_size,
             alpha=decode.alpha if alpha is None else alpha,
@@ -62,6 +67,7 @@ class TranslateOptions:
             max_new_tokens=max_new_tokens or decode.max_new_tokens or config.data.max_length,
             batch_size=batch_size or decode.batch_size,
             progress=progress,
+            no_repeat_ngram_size=no_repeat_ngram_size,
         )
 
 
@@ -150,8 +156,8 @@ def translate_lines(
     todo = [i for i, ids in enumerate(sources) if ids is not None]
     hypotheses = [""] * len(lines)
     rows = options.batch_size
-    starts = range(0, len(todo), rows)
-    for start in tqdm(starts, desc="translate", unit="batch", disable=not options.progress):
+    bar = progress_bar(len(todo), desc="translate", unit="verse", disable=not options.progress)
+    for start in range(0, len(todo), rows):
         chunk = todo[start : start + rows]
         # Every batch has the same shape (padded rows and columns): one compiled program.
         inputs = np.full((rows, options.max_source_tokens), PAD_ID, np.int32)
@@ -164,6 +170,7 @@ def translate_lines(
         out = beam_search(
             decoder, params, batch, beam_size=options.beam_size,
             max_new_tokens=options.max_new_tokens, alpha=options.alpha, processors=processors,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
         )
         if rescorer is not None:
             out = rescorer(batch["prompt"], out, options.alpha)
@@ -172,6 +179,8 @@ def translate_lines(
             # A generated newline (byte fallback can produce one) would break the line mapping.
             text = tokenizer.decode(_until_eos(best[row]))
             hypotheses[index] = " ".join(text.splitlines())
+        bar.update(len(chunk))
+    bar.close()
     return Translations(hypotheses, truncated, len(lines) - len(todo))
 
 

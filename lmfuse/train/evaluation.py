@@ -14,6 +14,10 @@ from lmfuse.errors import LmfuseError
 from lmfuse.train import sharding
 from lmfuse.train.trainer import Model
 
+# What `evaluate` counts rather than measures: the same at every evaluation of a split, so
+# training logs them once (as text), not as curves.
+COUNT_KEYS = ("tokens", "words", "chars", "docs")
+
 
 def text_units(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
     """Words and characters of a split (each document also ends with EOS, counted as one)."""
@@ -58,6 +62,12 @@ def evaluate(trainer: Model, params, split: str = "validation", max_batches: int
             result[f"perplexity_per_{unit[:-1]}"] = math.exp(min(nll_sum / units[unit], 50.0))
         result.update(units)
     return result
+
+
+def split_counts(result: dict) -> tuple[dict, dict]:
+    """(metrics, counts) of an `evaluate` result: the counts are its COUNT_KEYS."""
+    metrics = {k: v for k, v in result.items() if k not in COUNT_KEYS}
+    return metrics, {k: result[k] for k in COUNT_KEYS if k in result}
 
 
 def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:

@@ -2,10 +2,13 @@
 
     tokenizer + data  ->  model (registry)  ->  mesh + logical rules  ->  sharded TrainState
       -> restore the latest checkpoint if the workdir has one (state + data iterator)
+      -> config.json, config.txt and a provenance.json entry at the workdir root
+         (`lmfuse.train.provenance`); the config to TensorBoard as text and hyperparameters
       -> for each step: next batch -> global array -> train_step (jit, donated state)
       -> every log_every: metrics to TensorBoard / metrics.jsonl / progress bar (one host sync)
-      -> every eval_every: validation perplexity (early stopping: train.patience);
-         every checkpoint_every: async checkpoint
+      -> every eval_every (and at the last step): validation perplexity plus what the
+         `extra_eval` hook adds (`lmfuse train`: BLEU, chrF of an encoder-decoder); early
+         stopping (train.patience) on the eval_every ones; every checkpoint_every: checkpoint
       -> until the budget (train.steps or train.epochs) is spent or patience runs out: a final
          checkpoint and <workdir>/training.json (`lmfuse.train.budget`, `training_record`)
 
@@ -19,26 +22,32 @@ SIGTERM saves a checkpoint at the current step and returns cleanly.
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
-from tqdm import tqdm
 
 from lmfuse.data import corpora
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
-from lmfuse.models.registry import TRANSFORMER_NAMES
-from lmfuse.train import budget, checkpoint, divergence, sharding
+from lmfuse.progress import progress_bar
+from lmfuse.train import budget, checkpoint, divergence, provenance, sharding
 from lmfuse.train.budget import training_record
-from lmfuse.train.evaluation import evaluate
-from lmfuse.train.metrics_log import MetricsLog, flops_per_token, peak_flops_per_device
-from lmfuse.train.trainer import build_trainer, check_config, tokenizer_ref
+from lmfuse.train.evaluation import evaluate, split_counts
+from lmfuse.train.metrics_log import (
+    MetricsLog,
+    model_flops_per_token,
+    peak_flops_per_device,
+    step_record,
+)
+from lmfuse.train.trainer import Trainer, build_trainer, check_config, tokenizer_ref
 
-__all__ = ["train", "training_record"]
+__all__ = ["ExtraEval", "train", "training_record"]
+
+# Extra validation metrics at each evaluation: (trainer, params, step) -> {name: number}.
+ExtraEval = Callable[[Trainer, object, int], dict[str, float]]
 
 
 class _StopFlag:
@@ -51,9 +60,11 @@ class _StopFlag:
         self.raised = True
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True) -> dict:
+def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True,
+          extra_eval: ExtraEval | None = None) -> dict:
     """Trains to the step budget (`lmfuse.train.budget`), resuming from the workdir's latest
-    checkpoint; returns the run's record (as training.json holds it) and its last metrics."""
+    checkpoint; returns the run's record (as training.json holds it) and its last metrics.
+    `extra_eval` adds metrics to every validation evaluation (run on every process)."""
     check_config(config)  # every check that needs no data, before anything is written
     workdir = Path(workdir)
     tokenizer = corpora.prepare(config)
@@ -78,24 +89,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     else:
         state, start = trainer.init_fn(jax.random.key(config.seed)), 0
         run = budget.Progress()
+    provenance.record_run(workdir, config, start)  # process 0 writes
 
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop)
     log = MetricsLog(workdir, enabled=is_main, start_step=start)  # drops rows after `start`
+    log.write_config(config, start)
     dropout_key = jax.random.key(config.seed + 1)
     peak = peak_flops_per_device(train_cfg.peak_tflops)
-    model_cfg = config.model
-    flops_token = flops_per_token(
-        trainer.num_params,
-        model_cfg.num_layers if model_cfg.name in TRANSFORMER_NAMES else 0,
-        model_cfg.emb_dim,
-        config.data.seq_len,
-    )
-    bar = tqdm(total=plan.steps, initial=start, disable=not (progress and is_main),
+    flops_token = model_flops_per_token(config, trainer.num_params)
+    bar = progress_bar(total=plan.steps, initial=start, disable=not (progress and is_main),
                desc="train", unit="step", dynamic_ncols=True)
     pending: list[tuple[int, dict]] = []
-    last_time = time.perf_counter()
-    compile_start = time.perf_counter()
+    last_time = compile_start = time.perf_counter()
     compile_seconds = None
     summary: dict = {"start_step": start}
     step = start
@@ -116,17 +122,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
         divergence.check(zip([s for s, _ in pending], fetched, strict=True), manager.latest_step(),
                          config.optimizer)
         now = time.perf_counter()
-        tokens = sum(float(m["tokens"]) for m in fetched)
-        record = {
-            "loss": float(np.mean([m["loss"] for m in fetched])),
-            "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-            "lr": float(trainer.schedule(pending[-1][0])),
-            "tokens_per_sec": tokens / max(now - last_time, 1e-9),
-        }
-        record["perplexity"] = math.exp(min(record["loss"], 50.0))
-        record["mfu"] = (
-            record["tokens_per_sec"] * flops_token / (peak * jax.device_count()) if peak else None
-        )
+        record = step_record(fetched, trainer.schedule(pending[-1][0]), now - last_time,
+                             flops_token, peak)
         last_time = now
         log.write(pending[-1][0] + 1, record)
         pending.clear()
@@ -148,14 +145,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                     compile_seconds = time.perf_counter() - compile_start
                     last_time = time.perf_counter()
                 at_log = step % train_cfg.log_every == 0
-                at_eval = train_cfg.eval_every and step % train_cfg.eval_every == 0
+                on_grid = train_cfg.eval_every and step % train_cfg.eval_every == 0
+                # And the last step: a budget off the eval grid still ends with a validation point.
+                at_eval = train_cfg.eval_every and (on_grid or step == plan.steps)
                 at_ckpt = step % train_cfg.checkpoint_every == 0
                 if at_log or at_eval or at_ckpt or step == plan.steps:
                     summary["train"] = flush_metrics() or summary.get("train")
                 if at_eval:
                     result = evaluate(trainer, state.params, "validation", train_cfg.eval_batches)
-                    log.write(step, result, prefix="validation")
+                    result.update(extra_eval(trainer, state.params, step) if extra_eval else {})
+                    scores, counts = split_counts(result)
+                    log.write(step, scores, "validation", counts)
                     summary["validation"] = result
+                    last_time = time.perf_counter()  # tokens/s counts training time only
+                if on_grid:  # the every-eval_every evaluations only: a resume stops alike
                     run.observe(step, result["nll"], train_cfg.patience, train_cfg.min_delta)
                 if at_ckpt:
                     save()
@@ -187,8 +190,11 @@ def _print_summary(summary: dict, workdir: Path) -> None:
     line = f"done: {budget.describe(summary)}, {summary['num_params']:,} params"
     if train:
         line += f", train loss {train['loss']:.4f}, {train['tokens_per_sec']:.0f} tokens/s"
-    if summary.get("validation"):
-        line += f", validation ppl {summary['validation']['perplexity']:.2f}"
+    validation = summary.get("validation") or {}
+    if validation:
+        line += f", validation ppl {validation['perplexity']:.2f}"
+    if validation.get("bleu") is not None:
+        line += f", BLEU {validation['bleu']:.2f} (sample)"
     if summary.get("compile_seconds") is not None:
         line += f", first step (compile) {summary['compile_seconds']:.1f}s"
     print(line)

@@ -71,10 +71,20 @@ def config(data_dir, variant="", **extra):
     return load_config(spec, overrides(data_dir, **extra))
 
 
-def test_data_show_counts_sum_to_kjv_and_alignment_passes(data_dir):
+@pytest.fixture(scope="module")
+def bible_shown(data_dir):
+    """stdout of `lmfuse data show` for CONFIG, after `lmfuse data prepare` stored its report
+    (the demo prepared another view: this prepare builds nothing, it counts)."""
+    prepare = run_cli(["data", "prepare", "--config", CONFIG, *overrides(data_dir)])
+    assert prepare.returncode == 0, prepare.stderr[-3000:]
+    assert "preparing" not in prepare.stdout
     result = run_cli(["data", "show", "--config", CONFIG, "--n", "2", *overrides(data_dir)])
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+def test_data_show_counts_sum_to_kjv_and_alignment_passes(bible_shown):
+    out = bible_shown
     records = {m.group(1): int(m.group(2))
                for m in re.finditer(r"^\s*(train|validation|test):\s+(\d+) records", out, re.M)}
     assert records == {"train": 27_625, "validation": 1_642, "test": 1_835}
@@ -83,6 +93,35 @@ def test_data_show_counts_sum_to_kjv_and_alignment_passes(data_dir):
         assert re.search(rf"alignment {version}: .* -> ok", out), out
     assert "FAILED" not in out
     assert "In the beginning God created the heavens and the earth." in out
+
+
+def test_data_show_reads_the_stored_report_and_checks_no_version_again(
+        data_dir, bible_shown, monkeypatch, capsys):
+    """The alignment checks ran when the dataset was built, and prepare stored the counts:
+    show re-reads neither the versions nor the records."""
+    from lmfuse import cli
+    from lmfuse.data import alignment, bible, report
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("data show checked or read the Bible again")
+
+    for module, name in [(bible, "check_alignment"), (bible, "load_validated"),
+                         (bible_text, "read_version"), (alignment, "alignment_report"),
+                         (builders, "alignment_reports"), (corpora, "bible_sources"),
+                         (corpora, "load_tokenizer"), (report, "split_stats")]:
+        monkeypatch.setattr(module, name, refuse)
+    assert cli.main(["data", "show", "--config", CONFIG, "--n", "2", *overrides(data_dir)]) == 0
+    assert capsys.readouterr().out == bible_shown
+
+
+def test_data_show_of_an_unprepared_view_names_its_prepare_command(data_dir, capsys):
+    from lmfuse import cli
+
+    args = ["--config", f"{CONFIG}:translate", *overrides(data_dir, **{"data.source": "ylt"})]
+    assert cli.main(["data", "show", *args]) == 2
+    assert capsys.readouterr().err == (
+        f"lmfuse: error: no data report for this config in {data_dir} (data prepare stores one "
+        f"per config, reusing what is already built); run: lmfuse data prepare {' '.join(args)}\n")
 
 
 def test_bbe_is_recovered_and_validated_in_the_dataset(data_dir):
@@ -168,11 +207,21 @@ def test_data_show_counts_over_long_examples(data_dir):
 
     cfg = config(data_dir, **{"data.max_length": 24})
     tokenizer = corpora.load_tokenizer(cfg)
-    stats, rows = report.split_stats(cfg, "validation", tokenizer)
+    stats, first = report.split_stats(cfg, "validation", tokenizer)
+    rows = list(corpora.load_examples(cfg, "validation").dataset)  # lazy reads, None skipped
     lengths = [len(tokenizer.encode(row["text"])) + 1 for row in rows]
     assert stats.overlong == sum(n > 24 for n in lengths) > 100
     assert stats.tokens == sum(lengths)
-    assert stats.examples + stats.skipped_empty == 1_642
+    assert stats.examples == len(rows) and stats.examples + stats.skipped_empty == 1_642
+    assert first == rows[: report.STORED_EXAMPLES]
+
+
+def test_in_memory_examples_equal_the_lazy_ones(data_dir):
+    cfg = config(data_dir, "translate", **{"data.source": "public", "data.tag_source": True})
+    lazy = corpora.load_examples(cfg, "test").dataset
+    eager = corpora.load_examples(cfg, "test", in_memory=True).dataset
+    assert len(lazy) == len(eager) == 1_835 * 6
+    assert [lazy[i] for i in range(len(lazy))] == [eager[i] for i in range(len(eager))]
 
 
 # --- what a config needs, and nothing more ----------------------------------------------------
@@ -183,11 +232,12 @@ def test_demo_preparation_succeeds_without_touching_sword(demo_prepared):
     assert result.returncode == 0, result.stderr[-3000:]
     assert builders.is_prepared("bible", root)
     # No bible_es, and no cache/rv1909.json: SWORD's text was never read.
-    assert written == ["bible", "downloads", "tokenizers"]
+    assert written == ["bible", "downloads", "reports", "tokenizers"]
     preparing = [line for line in result.stdout.splitlines() if line.startswith("preparing")]
     assert preparing == [f"preparing the Bible dataset 'bible' in {root} from the pythonbible "
                          "packages"], result.stdout
     assert re.search(r"^tokenizer .*: vocab 1000, sha256 ", result.stdout, re.M)
+    assert re.search(rf"^data report stored in {root}/reports/data-\w+\.json ", result.stdout, re.M)
 
 
 def test_config_asking_for_rv1909_without_sword_is_one_line_before_any_building(

@@ -348,9 +348,12 @@ def test_data_prepare_downloads_only_when_asked(tmp_path):
 
     calls = []
     with mock.patch.object(tfds_named, "prepare_named", lambda *a: calls.append(a)), \
-            mock.patch.object(corpora, "load_tokenizer"):
+            mock.patch.object(corpora, "load_tokenizer"), \
+            mock.patch.object(report, "build_report"), \
+            mock.patch.object(report, "write_report") as write:
         report.prepare(_lm_config("lm1b", tmp_path))
     assert calls == [("lm1b", str(tmp_path))]
+    assert write.call_count == 1  # then the data report is stored
 
 
 OFFLINE_ENV = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",

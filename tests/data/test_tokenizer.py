@@ -197,3 +197,19 @@ def test_vocab_too_small(corpus, tmp_path):
     with pytest.raises(LmfuseError, match="training failed .*Vocabulary size is smaller"):
         tok.train_tokenizer(corpus[:300], vocab_size=100, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_vocabulary_smaller_than_asked_is_one_notice_line(tmp_path, capsys):
+    """SentencePiece (hard_vocab_limit=False) gives a small text fewer pieces than asked: the
+    model is kept, and one stderr line names the size to ask for instead."""
+    text = ["The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen jugs."]
+    small = tok.train_tokenizer(text * 20, vocab_size=8000, cache_dir=tmp_path)
+    got = small.vocab_size
+    assert got < 8000
+    assert capsys.readouterr().err.splitlines() == [
+        f"tokenizer: vocabulary {got} < tokenizer.vocab_size 8000 asked: the text has too few "
+        f"distinct pieces; set tokenizer.vocab_size={got} to silence this"]
+    tok.train_tokenizer(text * 20, vocab_size=8000, cache_dir=tmp_path)  # cached: said again
+    assert capsys.readouterr().err.count("tokenizer: vocabulary") == 1
+    exact = tok.train_tokenizer(text * 20, vocab_size=got, cache_dir=tmp_path)
+    assert exact.vocab_size == got and capsys.readouterr().err == ""

@@ -30,8 +30,8 @@ def old_rule(decoder: DecodeStep, params, batch, beam_size: int, max_new_tokens:
              alpha: float = ALPHA, eos_id: int = EOS_ID) -> beam_module.BeamOutput:
     """Beam search as it was: GNMT division by ((5 + len) / 6) ** alpha for every decoder."""
     return beam_module._beam_search(
-        decoder, (SuppressTokens((PAD_ID,)),), beam_size, max_new_tokens, alpha, params, batch,
-        jnp.asarray(eos_id, jnp.int32))
+        decoder, (SuppressTokens((PAD_ID,)),), beam_size, max_new_tokens, alpha, 0, params,
+        batch, jnp.asarray(eos_id, jnp.int32))  # 0: no n-gram ban
 
 
 def lengths(tokens: np.ndarray) -> np.ndarray:

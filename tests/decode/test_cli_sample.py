@@ -50,6 +50,7 @@ def runs(workdir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
         "temperature_0": (*PROMPT_ARGS, "--temperature", "0"),
         "top_k_1": (*PROMPT_ARGS, "--top_k", "1", "--seed", "7"),
         "beam_1": (*PROMPT_ARGS, "--beam", "1"),
+        "greedy_no_repeat": (*PROMPT_ARGS, "--temperature", "0", "--no_repeat_ngram_size", "1"),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(sample_cli, workdir, *args) for name, args in invocations.items()}
@@ -106,12 +107,23 @@ def test_zero_temperature_top_k_1_and_beam_1_are_the_same_greedy_text(runs):
     assert re.search(r"^\[0\.0\] score -?\d", runs["beam_1"].stdout, re.M)  # beam's own format
 
 
+def test_the_ngram_ban_changes_a_greedy_text_that_repeats_itself(runs):
+    greedy, banned = texts(runs["temperature_0"]), texts(runs["greedy_no_repeat"])
+    assert sorted(banned) == sorted(greedy)
+    for key, text in greedy.items():
+        assert banned[key].startswith(PROMPTS[key[0]])
+        words = text[len(PROMPTS[key[0]]):].split()
+        if len(set(words)) < len(words):  # a word twice: some token twice, which n=1 bans
+            assert banned[key] != text
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
         ("empty prompts file", "at least one --prompt or a non-empty --prompts_file"),
         ("missing workdir", "no checkpoints in workdir"),
         ("top_p above 1", "--top_p=1.5 must be in (0, 1]"),
+        ("negative n-gram size", "--no_repeat_ngram_size=-1 must be >= 0 (0 disables it)"),
     ],
 )
 def test_bad_input_is_a_one_line_error(case, message, workdir, tmp_path):
@@ -120,6 +132,8 @@ def test_bad_input_is_a_one_line_error(case, message, workdir, tmp_path):
         result = sample_cli(workdir, "--prompts_file", str(tmp_path / "empty.txt"))
     elif case == "missing workdir":
         result = sample_cli(tmp_path / "missing", *PROMPT_ARGS)
+    elif case == "negative n-gram size":
+        result = sample_cli(workdir, *PROMPT_ARGS, "--no_repeat_ngram_size", "-1")
     else:
         result = sample_cli(workdir, *PROMPT_ARGS, "--top_p", "1.5")
     assert result.returncode == 2

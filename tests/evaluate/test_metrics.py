@@ -121,6 +121,25 @@ def test_rouge_l_is_the_sentence_average_of_lcs_f_measures():
     assert rouge_l(["a b c d", "x y"], ["a c d", "x z"]) == pytest.approx(100 * 19 / 28)
 
 
+def test_rouge_l_tells_case_apart_like_bleu_and_chrf_unless_asked_to_lowercase():
+    hypotheses, references, _ = bible_triples()
+    shouted = [reference.upper() for reference in references]
+    assert rouge_l(references, references) == 100.0
+    # Only one-letter words such as "I" and "a" keep their case upper-cased, and numbers.
+    assert rouge_l(shouted, references) < 10.0
+    assert rouge_l(shouted, references, lowercase=True) == 100.0
+    bleu = sacrebleu.corpus_bleu(shouted, [references]).score
+    assert bleu < 10.0  # BLEU agrees: upper-casing is not a copy
+    scores = score_translations(shouted, references, shouted, rouge_lowercase=True)
+    assert scores["rouge_l"] == scores["copy_rouge_l"] == 100.0
+    assert score_translations(shouted, references, shouted)["rouge_l"] == rouge_l(shouted, references)
+    # The same words as rouge_score's own tokenizer, only case kept: lower-case text agrees.
+    lowered = [reference.lower() for reference in references]
+    assert rouge_l(lowered, references, lowercase=True) == 100.0
+    # The words are the same, so lowercasing can only add matches.
+    assert rouge_l(hypotheses, references) <= rouge_l(hypotheses, references, lowercase=True)
+
+
 def test_format_report_aligns_model_and_copy_rows_under_the_headers():
     hypotheses, references, sources = bible_triples()
     scores = score_translations(hypotheses, references, sources)

@@ -1,6 +1,7 @@
 """MetricsLog: each record reaches metrics.jsonl (strict JSON) and TensorBoard, a resumed run logs
 each step once, and a run that logs nothing
-(training a finished workdir) leaves no empty event file behind."""
+(training a finished workdir) leaves no empty event file behind. Counts are one text table per
+run, not curves; the config is text and one hyperparameter session in the run itself."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import json
 import math
 import struct
 
+import jax
 import pytest
 from tensorboardX.proto import event_pb2
 
-from lmfuse.train.metrics_log import MetricsLog
+from lmfuse.train.metrics_log import MetricsLog, hparams_of, step_record
 
 
 def read_scalars(tensorboard_dir) -> dict[tuple[str, int], float]:
@@ -109,3 +111,83 @@ def test_every_row_is_strict_json_with_null_for_non_finite_numbers(tmp_path):
     (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line, parse_constant=refuse) == {
         "step": 3, "split": "train", "loss": None, "grad_norm": None, "lr": None, "tokens": 8.0}
+
+
+def read_summaries(tensorboard_dir) -> list[tuple[int, str, object]]:
+    """(step, tag, value) of every summary value in the directory's event files, in order."""
+    values = []
+    for path in sorted(tensorboard_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = event_pb2.Event.FromString(data[offset + 12: offset + 12 + length])
+            offset += 12 + length + 4
+            values.extend((event.step, value.tag, value) for value in event.summary.value)
+    return values
+
+
+def test_counts_are_one_text_table_per_run_and_stay_in_every_json_row(tmp_path):
+    counts = {"tokens": 3912.0, "words": 2608, "chars": 13055, "docs": 85}
+
+    def tables() -> list[tuple[int, str]]:
+        return [(step, value.tensor.string_val[0].decode())
+                for step, tag, value in read_summaries(tmp_path / "tensorboard")
+                if tag == "validation/counts/text_summary"]
+
+    for steps in ((5, 10), (15, 20)):  # a run and its resume
+        log = MetricsLog(tmp_path)
+        for step in steps:
+            log.write(step, {"nll": 2.0, "bleu": 1.5}, "validation", counts)
+        log.close()
+        # Each run shows the table once, at its first evaluation. (Both runs start within a
+        # second here, so the resume's event file, named by the second, replaces the first's.)
+        assert [step for step, _ in tables()][-1:] == [steps[0]]
+        assert "| tokens | 3,912 |" in tables()[-1][1] and "| docs | 85 |" in tables()[-1][1]
+    summaries = read_summaries(tmp_path / "tensorboard")
+    assert {tag for _, tag, value in summaries if value.HasField("simple_value")} == {
+        "validation/nll", "validation/bleu"}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [5, 10, 15, 20]
+    assert all(row == {"step": row["step"], "split": "validation", "nll": 2.0, "bleu": 1.5,
+                       **counts} for row in rows)
+
+
+def test_the_config_is_text_and_a_session_start_in_the_run_itself(tmp_path):
+    import ml_collections
+    from tensorboardX.proto import plugin_hparams_pb2
+
+    config = ml_collections.ConfigDict({
+        "seed": 3, "train": {"steps": 40, "label_smoothing": 0.1},
+        "model": {"name": "s2s_rnn", "copy_source": True, "sizes": (1, 2)},
+        "fusion": {"lm_model": {"name": "transformer"}},
+    })
+    assert hparams_of(config) == {"seed": 3, "train.steps": 40, "train.label_smoothing": 0.1,
+                                  "model.name": "s2s_rnn", "model.copy_source": True,
+                                  "fusion.lm_model.name": "transformer"}
+    log = MetricsLog(tmp_path)
+    log.write_config(config, 7)
+    log.close()
+    assert not [p for p in (tmp_path / "tensorboard").iterdir() if p.is_dir()]  # no sub-run
+    (text,) = [(step, value) for step, tag, value in read_summaries(tmp_path / "tensorboard")
+               if tag == "config/text_summary"]
+    assert text[0] == 7 and text[1].tensor.string_val[0].decode() == f"```\n{config}\n```"
+    (start,) = [value for _, tag, value in read_summaries(tmp_path / "tensorboard")
+                if tag.startswith("_hparams_/")]
+    assert start.tag == "_hparams_/session_start_info"  # no experiment tag: columns from all runs
+    data = plugin_hparams_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content)
+    hparams = data.session_start_info.hparams
+    assert set(hparams) == set(hparams_of(config))
+    assert hparams["train.steps"].number_value == 40
+    assert hparams["model.copy_source"].bool_value is True
+    assert hparams["fusion.lm_model.name"].string_value == "transformer"
+
+
+def test_step_record_averages_the_steps_and_counts_throughput():
+    fetched = [{"loss": 2.0, "grad_norm": 1.0, "tokens": 100.0},
+               {"loss": 4.0, "grad_norm": 3.0, "tokens": 300.0}]
+    record = step_record(fetched, lr=1e-3, seconds=2.0, flops_token=10.0, peak_flops=None)
+    assert record == {"loss": 3.0, "grad_norm": 2.0, "lr": 1e-3, "tokens_per_sec": 200.0,
+                      "perplexity": pytest.approx(math.exp(3.0)), "mfu": None}
+    with_peak = step_record(fetched, 1e-3, 2.0, flops_token=10.0, peak_flops=1e4)
+    assert with_peak["mfu"] == pytest.approx(200.0 * 10.0 / (1e4 * jax.device_count()))
