@@ -17,18 +17,10 @@ from lmfuse.train.metrics_log import MetricsLog, hparams_of, step_record
 
 
 def read_scalars(tensorboard_dir) -> dict[tuple[str, int], float]:
-    """Every scalar in the directory's event files (TFRecord framing: length, crc, data, crc)."""
-    scalars = {}
-    for path in sorted(tensorboard_dir.glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
-            event = event_pb2.Event.FromString(data[offset + 12: offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                scalars[(value.tag, event.step)] = value.simple_value
-    return scalars
+    """Every scalar in the directory's event files, by (tag, step)."""
+    return {(tag, step): value.simple_value
+            for step, tag, value in read_summaries(tensorboard_dir)
+            if value.WhichOneof("value") == "simple_value"}
 
 
 def test_records_reach_jsonl_and_tensorboard(tmp_path):
