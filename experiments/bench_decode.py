@@ -4,6 +4,7 @@
     python experiments/bench_decode.py --quick        # smoke run: tiny model, 16 tokens, batch 1, 4
     python experiments/bench_decode.py --write        # also records the table in BENCHMARKS.md
     python experiments/bench_decode.py --profile      # adds per-step times and the step's writes
+    python experiments/bench_decode.py --top_k 50     # top-k sampling instead of greedy
 
 Model: a GPT-2-shaped Transformer LM with random weights (vocab 8000, width 384, 6 layers,
 6 heads, MLP 1536, learned positions for prompt + new tokens, tanh GELU, tied head; 13.8M
@@ -12,7 +13,7 @@ parameters). It is built as a Hugging Face `GPT2LMHeadModel` and loaded into lmf
 equal). Prompts are BOS + 7 random tokens; every row gets exactly `--new_tokens` (256) greedy
 tokens: no side stops at EOS, and both suppress PAD (lmfuse's sampler always does).
 
-Three decoders of the same function, all fp32:
+Four decoders of the same function, all fp32:
 
 * lmfuse: `lmfuse.decode.sample(lm_decode_step(model), ..., temperature=0, eos_id=None)`: the
   prefill and the whole token loop in one jitted program, with a KV cache.
@@ -25,6 +26,15 @@ Three decoders of the same function, all fp32:
   `--no_cache_tokens` (16) tokens per call, into the same max_len buffer (at batch 32 each
   forward pass covers 32 x 264 positions); n tokens cost n + 1 forward passes (the prefill is
   one), which puts its tokens/s about 6% below its rate over 256 tokens.
+* minimal JAX: `experiments/minimal/minimal_transformer.py`'s `generate` on the same weights
+  (converted with its `from_lmfuse`): the same model math as one plain program, a prefill and
+  a `lax.fori_loop` of one-token steps over a [B, N, S, H] KV cache, PAD suppressed. lmfuse /
+  minimal JAX is the decoding framework's overhead (1.0x: none).
+
+`--top_k K` samples from the K most likely tokens instead (temperature 1): lmfuse's
+`sample(..., top_k=K)`, HF `generate(do_sample=True, top_k=K)` and the minimal program's
+`generate(..., top_k=K)`; the no-cache decoder is greedy-only and left out. Sampled tokens
+differ between decoders, so they are not compared.
 
 Timing: the first call of each decoder is not counted (for lmfuse it traces and compiles;
 "compile" is that call's time minus the median counted call). Then each of `--repeats` repeats
@@ -64,6 +74,7 @@ import torch
 import transformers
 from bench_train import cpu_model, write_generated_block
 from jax import lax
+from minimal import minimal_transformer
 
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lmfuse.decode import DecodeStep, left_pad, lm_decode_step, sample
@@ -78,8 +89,9 @@ SHAPES = {
 PROMPT_LEN = 8  # BOS + 7 random tokens
 CHECK_TOKENS = 32  # leading tokens compared between decoders
 TARGETS = {1: 5.0, 32: 3.0}  # lmfuse / HF at these batch sizes, the issue's acceptance bar
-DECODERS = ("lmfuse", "hf", "no_cache")
-LABELS = {"lmfuse": "lmfuse", "hf": "HF generate", "no_cache": "no cache"}
+DECODERS = ("lmfuse", "hf", "no_cache", "minimal_jax")
+LABELS = {"lmfuse": "lmfuse", "hf": "HF generate", "no_cache": "no cache",
+          "minimal_jax": "minimal JAX"}
 SECTION = "## Decoding throughput (CPU)"
 
 
@@ -171,24 +183,51 @@ class LmfuseDecoder:
     decode_step: DecodeStep
     params: dict
     new_tokens: int
+    top_k: int = 0  # 0: greedy
 
     def __call__(self, prompt: np.ndarray) -> np.ndarray:
+        sampling = dict(temperature=1.0, top_k=self.top_k) if self.top_k else dict(temperature=0.0)
         out = sample(self.decode_step, self.params, {"prompt": jnp.asarray(prompt)},
-                     jax.random.key(0), max_new_tokens=self.new_tokens, temperature=0.0,
-                     eos_id=None)
+                     jax.random.key(0), max_new_tokens=self.new_tokens, eos_id=None, **sampling)
         return np.asarray(out.tokens[:, 0])
+
+
+@dataclasses.dataclass
+class MinimalDecoder:
+    """`minimal_transformer.generate` on lmfuse's weights, converted once."""
+
+    params: dict
+    cfg: minimal_transformer.Config
+    new_tokens: int
+    top_k: int = 0
+
+    def __call__(self, prompt: np.ndarray) -> np.ndarray:
+        out = minimal_transformer.generate(self.params, jnp.asarray(prompt), jax.random.key(0),
+                                           self.cfg, self.new_tokens, self.top_k)
+        return np.asarray(out)
+
+
+def minimal_decoder(shape: dict, params: dict, max_len: int, new_tokens: int, top_k: int) -> MinimalDecoder:
+    cfg = minimal_transformer.Config(
+        vocab=shape["vocab"], emb=shape["emb_dim"], layers=shape["num_layers"],
+        heads=shape["num_heads"], mlp=shape["mlp_dim"], max_len=max_len, positions="learned",
+        activation="gelu_new")  # GPT-2's
+    return MinimalDecoder(minimal_transformer.from_lmfuse(params), cfg, new_tokens, top_k)
 
 
 @dataclasses.dataclass
 class HfDecoder:
     model: transformers.GPT2LMHeadModel
     new_tokens: int
+    top_k: int = 0
 
     def __call__(self, prompt: np.ndarray) -> np.ndarray:
         ids = torch.from_numpy(prompt).long()
+        sampling = (dict(do_sample=True, top_k=self.top_k, temperature=1.0, top_p=1.0)
+                    if self.top_k else dict(do_sample=False))
         config = transformers.GenerationConfig(
-            max_new_tokens=self.new_tokens, do_sample=False, num_beams=1, use_cache=True,
-            eos_token_id=None, bos_token_id=BOS_ID, pad_token_id=PAD_ID, suppress_tokens=[PAD_ID],
+            max_new_tokens=self.new_tokens, num_beams=1, use_cache=True, eos_token_id=None,
+            bos_token_id=BOS_ID, pad_token_id=PAD_ID, suppress_tokens=[PAD_ID], **sampling,
         )
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
@@ -210,10 +249,12 @@ def bench_batch(decoders: dict, batch: int, vocab: int, args) -> dict:
     first, outputs = {}, {}
     for name, decoder in decoders.items():  # one compile at a time
         first[name], outputs[name] = timed(decoder, prompt)
-    # Each decoder against lmfuse over its own first tokens (the no-cache one makes fewer).
+    # Greedy: each decoder against lmfuse over its own first tokens (the no-cache one makes
+    # fewer). Sampled tokens differ between decoders: not compared.
     checked = {name: min(CHECK_TOKENS, o.shape[1]) for name, o in outputs.items()}
-    rows_equal = {name: int(np.all(o[:, :n] == outputs["lmfuse"][:, :n], axis=1).sum())
-                  for (name, o), n in zip(outputs.items(), checked.values(), strict=True)}
+    rows_equal = {} if args.top_k else {
+        name: int(np.all(o[:, :n] == outputs["lmfuse"][:, :n], axis=1).sum())
+        for (name, o), n in zip(outputs.items(), checked.values(), strict=True)}
 
     generated = {name: batch * o.shape[1] for name, o in outputs.items()}
     tps = {name: [] for name in decoders}
@@ -223,7 +264,7 @@ def bench_batch(decoders: dict, batch: int, vocab: int, args) -> dict:
         for name in names:
             seconds, _ = timed(decoders[name], prompt)
             tps[name].append(generated[name] / seconds)
-        print(f"  batch {batch} repeat {repeat + 1}/{args.repeats}: "
+        print(f"  batch {batch} repeat {repeat + 1}/{args.repeats} (load {os.getloadavg()[0]:.1f}): "
               + ", ".join(f"{LABELS[d]} {tps[d][-1]:,.0f} tok/s" for d in decoders), flush=True)
 
     median_seconds = {name: generated[name] / statistics.median(t) for name, t in tps.items()}
@@ -231,73 +272,90 @@ def bench_batch(decoders: dict, batch: int, vocab: int, args) -> dict:
         "batch": batch,
         "tps": tps,
         "median": {name: statistics.median(t) for name, t in tps.items()},
-        "ratio_hf": statistics.median(a / b for a, b in zip(tps["lmfuse"], tps["hf"], strict=True)),
-        "ratio_no_cache": statistics.median(
-            a / b for a, b in zip(tps["lmfuse"], tps["no_cache"], strict=True)),
-        "compile_s": {name: first[name] - median_seconds[name] for name in ("lmfuse", "no_cache")},
+        # lmfuse / each other decoder: the median of the per-repeat tokens/s ratios.
+        "ratio": {name: statistics.median(a / b for a, b in zip(tps["lmfuse"], t, strict=True))
+                  for name, t in tps.items() if name != "lmfuse"},
+        "compile_s": {name: first[name] - median_seconds[name] for name in decoders if name != "hf"},
         "checked": checked,
         "rows_equal": rows_equal,
         "generated": {name: o.shape[1] for name, o in outputs.items()},
     }
 
 
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    """A table cell: `value` formatted, '-' for a decoder that did not run."""
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
 def target_text(r: dict) -> str:
     target = TARGETS.get(r["batch"])
     if target is None:
         return "-"
-    return f">= {target:.0f}x: {'met' if r['ratio_hf'] >= target else 'not met'}"
+    return f">= {target:.0f}x: {'met' if r['ratio']['hf'] >= target else 'not met'}"
 
 
 def check_text(r: dict) -> str:
-    """How many rows of HF's and the no-cache decoder's greedy tokens equal lmfuse's."""
-    return ", ".join(f"{LABELS[d]} {r['rows_equal'][d]}/{r['batch']} (first {r['checked'][d]})"
-                     for d in ("hf", "no_cache"))
+    """How many rows of each other decoder's greedy tokens equal lmfuse's."""
+    if not r["rows_equal"]:
+        return "sampled: not compared"
+    return ", ".join(f"{LABELS[d]} {n}/{r['batch']} (first {r['checked'][d]})"
+                     for d, n in r["rows_equal"].items() if d != "lmfuse")
 
 
 def print_table(results: list[dict], info: dict) -> None:
+    names = [d for d in DECODERS if d in results[0]["tps"]]
+    others = [d for d in names if d != "lmfuse"]
     print()
-    print(f"{'batch':>5}{'lmfuse tok/s':>14}{'HF tok/s':>11}{'no-cache tok/s':>16}"
-          f"{'lmfuse/HF':>11}{'target':>17}{'lmfuse/no-cache':>17}{'compile s':>11}")
+    print(f"{'batch':>5}" + "".join(f"{LABELS[d] + ' tok/s':>20}" for d in names)
+          + "".join(f"{'lmfuse/' + LABELS[d]:>21}" for d in others) + f"{'target':>17}"
+          + f"{'compile s':>11}")
     for r in results:
         m = r["median"]
-        print(f"{r['batch']:>5}{m['lmfuse']:>14,.0f}{m['hf']:>11,.0f}{m['no_cache']:>16,.0f}"
-              f"{r['ratio_hf']:>10.2f}x{target_text(r):>17}{r['ratio_no_cache']:>16.2f}x"
-              f"{r['compile_s']['lmfuse']:>11.1f}")
+        print(f"{r['batch']:>5}" + "".join(f"{m[d]:>20,.0f}" for d in names)
+              + "".join(f"{r['ratio'][d]:>20.2f}x" for d in others) + f"{target_text(r):>17}"
+              + f"{r['compile_s']['lmfuse']:>11.1f}")
         print(f"{'':>5}rows whose greedy tokens equal lmfuse's: {check_text(r)}")
+    print("(ratios: medians of the per-repeat tokens/s ratios; below 1.0x lmfuse is slower)")
     print(f"{info['params']:,} parameters; 1-minute load average before / after: "
           f"{info['load'][0]:.2f} / {info['load'][1]:.2f}")
 
 
 def markdown(results: list[dict], args, info: dict) -> str:
     n = results[0]["generated"]
+    names = [d for d in DECODERS if d in results[0]["tps"]]
+    mode = f"top-{args.top_k} sampling (temperature 1)" if args.top_k else "greedy"
+    no_cache = (f" (the no-cache decoder: {n['no_cache']} tokens into the same buffer)"
+                if "no_cache" in n else "")
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {cpu_model()}, {os.cpu_count()} cores "
         f"(JAX {jax.__version__}, PyTorch {torch.__version__}, transformers "
         f"{transformers.__version__}, Python {platform.python_version()}); fp32, GPT-2 shape "
         f"{info['shape_text']}, {info['params']:,} parameters, random weights; prompt "
-        f"{PROMPT_LEN} tokens, {n['lmfuse']} new tokens per row, greedy, no EOS stop (the "
-        f"no-cache decoder: {n['no_cache']} tokens into the same buffer); {args.repeats} repeats, "
-        f"decoders interleaved; PyTorch threads = {torch.get_num_threads()}, XLA CPUs = "
-        f"{info['xla_cpus']}; 1-minute load average {info['load'][0]:.1f} before / "
-        f"{info['load'][1]:.1f} after.",
+        f"{PROMPT_LEN} tokens, {n['lmfuse']} new tokens per row, {mode}, no EOS stop"
+        f"{no_cache}; {args.repeats} repeats, decoders interleaved; PyTorch threads = "
+        f"{torch.get_num_threads()}, XLA CPUs = {info['xla_cpus']}; 1-minute load average "
+        f"{info['load'][0]:.1f} before / {info['load'][1]:.1f} after.",
         "",
         f"    {info['command']}",
         "",
-        "| batch | lmfuse tok/s | HF generate tok/s | no cache tok/s | lmfuse / HF (median pair "
-        "ratio) | target | lmfuse / no cache | compile lmfuse / no cache (s) | greedy tokens equal "
-        "lmfuse's (rows) |",
-        "|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| batch | lmfuse tok/s | HF generate tok/s | no cache tok/s | minimal JAX tok/s "
+        "| lmfuse / HF (median pair ratio) | target | lmfuse / no cache | lmfuse / minimal JAX "
+        "| compile lmfuse / no cache / minimal JAX (s) | greedy tokens equal lmfuse's (rows) |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
-        m, c = r["median"], r["compile_s"]
+        m, c, ratio = r["median"], r["compile_s"], r["ratio"]
+        compile_s = " / ".join(_fmt(c.get(d), ".1f") for d in ("lmfuse", "no_cache", "minimal_jax"))
         lines.append(
-            f"| {r['batch']} | {m['lmfuse']:,.0f} | {m['hf']:,.0f} | {m['no_cache']:,.0f} "
-            f"| {r['ratio_hf']:.2f}x | {target_text(r)} | {r['ratio_no_cache']:.2f}x "
-            f"| {c['lmfuse']:.1f} / {c['no_cache']:.1f} | {check_text(r)} |"
+            f"| {r['batch']} | {m['lmfuse']:,.0f} | {_fmt(m.get('hf'), ',.0f')} "
+            f"| {_fmt(m.get('no_cache'), ',.0f')} | {_fmt(m.get('minimal_jax'), ',.0f')} "
+            f"| {_fmt(ratio.get('hf'), '.2f', 'x')} | {target_text(r)} "
+            f"| {_fmt(ratio.get('no_cache'), '.2f', 'x')} | {_fmt(ratio.get('minimal_jax'), '.2f', 'x')} "
+            f"| {compile_s} | {check_text(r)} |"
         )
-    lines += ["", "Per-repeat tokens/s (lmfuse; HF generate; no cache):", ""]
+    lines += ["", f"Per-repeat tokens/s ({'; '.join(LABELS[d] for d in names)}):", ""]
     for r in results:
-        runs = "; ".join(", ".join(f"{x:,.0f}" for x in r["tps"][d]) for d in DECODERS)
+        runs = "; ".join(", ".join(f"{x:,.0f}" for x in r["tps"][d]) for d in names)
         lines.append(f"- batch {r['batch']}: {runs}")
     return "\n".join(lines)
 
@@ -399,6 +457,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no_cache_tokens", type=int, default=16,
                         help="tokens the no-cache decoder generates per call (at most --new_tokens)")
     parser.add_argument("--batch_sizes", default=None, help="comma list (default 1,32)")
+    parser.add_argument("--top_k", type=int, default=0,
+                        help="sample from the K most likely tokens instead of greedy (default 0: "
+                             "greedy); the no-cache decoder is then left out")
+    parser.add_argument("--decoders", default=",".join(DECODERS),
+                        help=f"comma list of the decoders to time besides lmfuse (default "
+                             f"{','.join(DECODERS[1:])})")
     parser.add_argument("--threads", type=int, default=0,
                         help="pin the process to its first N CPUs, so both sides use N threads "
                              "(default: all)")
@@ -413,6 +477,13 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = [int(b) for b in (args.batch_sizes or ("1,4" if args.quick else "1,32")).split(",")]
     if args.repeats < 1 or args.new_tokens < 1 or args.no_cache_tokens < 1 or min(batch_sizes) < 1:
         parser.error("--repeats, --new_tokens, --no_cache_tokens and batch sizes must be positive")
+    if args.top_k < 0:
+        parser.error("--top_k must be 0 (greedy) or positive")
+    names = {"lmfuse", *(d.strip() for d in args.decoders.split(",") if d.strip())}
+    if names - set(DECODERS):
+        parser.error(f"--decoders: choose from {', '.join(DECODERS[1:])}")
+    if args.top_k:
+        names.discard("no_cache")  # a greedy-only reference
     shape = SHAPES["quick" if args.quick else "full"]
 
     if args.threads:  # before JAX starts its CPU client, which sizes its pool by the affinity
@@ -420,18 +491,21 @@ def main(argv: list[str] | None = None) -> None:
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     hf, model, params = build_models(shape, max_len=PROMPT_LEN + args.new_tokens)
-    decoders = {
-        "lmfuse": LmfuseDecoder(lm_decode_step(model), params, args.new_tokens),
-        "hf": HfDecoder(hf, args.new_tokens),
-        "no_cache": LmfuseDecoder(full_forward_decode_step(model), params,
-                                  min(args.no_cache_tokens, args.new_tokens)),
+    max_len = PROMPT_LEN + args.new_tokens
+    every = {
+        "lmfuse": lambda: LmfuseDecoder(lm_decode_step(model), params, args.new_tokens, args.top_k),
+        "hf": lambda: HfDecoder(hf, args.new_tokens, args.top_k),
+        "no_cache": lambda: LmfuseDecoder(full_forward_decode_step(model), params,
+                                          min(args.no_cache_tokens, args.new_tokens)),
+        "minimal_jax": lambda: minimal_decoder(shape, params, max_len, args.new_tokens, args.top_k),
     }
+    decoders = {name: make() for name, make in every.items() if name in names}
     command = "python " + " ".join(
         shlex.quote(a) for a in ["experiments/bench_decode.py", *(sys.argv[1:] if argv is None else argv)])
     load_before = os.getloadavg()[0]
     results = []
     for batch in batch_sizes:
-        print(f"batch {batch}: first calls (lmfuse and no-cache compile) ...", flush=True)
+        print(f"batch {batch}: first calls (the JAX decoders compile) ...", flush=True)
         results.append(bench_batch(decoders, batch, shape["vocab"], args))
     info = {
         "params": hf.num_parameters(), "load": (load_before, os.getloadavg()[0]),
@@ -445,12 +519,13 @@ def main(argv: list[str] | None = None) -> None:
         profile(hf, model, params, batch_sizes, args.new_tokens, shape["vocab"])
     if args.write:
         key = (f"threads={args.threads or 'all'} new_tokens={args.new_tokens} "
-               f"batch_sizes={','.join(map(str, batch_sizes))}")
+               f"batch_sizes={','.join(map(str, batch_sizes))}"
+               + (f" top_k={args.top_k}" if args.top_k else ""))
         write_generated_block(Path(args.output), SECTION, "bench_decode", key,
                               markdown(results, args, info))
         print(f"wrote {args.output}")
     single = [r for r in results if r["batch"] == 1]
-    if single and single[0]["rows_equal"]["hf"] != 1:
+    if single and single[0]["rows_equal"].get("hf", 1) != 1:
         sys.exit("lmfuse's and HF's greedy tokens differ at batch 1: the decoders do not compute "
                  "the same function, so the comparison is unfair")
 

@@ -1,9 +1,12 @@
-"""Training throughput on CPU: lmfuse (JAX) against the same models written in PyTorch.
+"""Training throughput on CPU: lmfuse (JAX) against the same models written in PyTorch and as a
+minimal JAX program.
 
     python experiments/bench_train.py                 # full run, writes BENCHMARKS.md
     python experiments/bench_train.py --quick         # smoke run (small K, 2 repeats), prints only
+    python experiments/bench_train.py --threads 1 --models lstm --batches 16,32 --no-write
+                                                      # one pinned core, the LSTM at two batches
 
-Two models, the same on both sides (parameter counts are asserted equal):
+Two models, the same on every side (parameter counts are asserted equal):
 
 * Transformer LM: emb 256, 4 layers, 4 heads, MLP 1024, learned positions, pre-LN, exact GELU,
   tied head, vocab 8000, seq 128, batch 16. PyTorch side: `torch.compile` of the model + loss.
@@ -19,13 +22,21 @@ state, sharding rules active, packed-row segment ids, warmup-cosine learning rat
 tokenizer is a stand-in object that only carries `vocab_size`, which is all `build_trainer`
 reads from it.
 
+The minimal JAX peer (`experiments/minimal/`, `--peers`) is the same math as one plain program:
+a `jax.jit` train step (donated params and optimizer state) of optax AdamW with the same
+settings, schedule and decay mask, the loss as a mean over tokens, no segment ids, no sharding
+rules, no metrics. lmfuse / minimal JAX is the framework's overhead (1.0x: none).
+
 Each (model, framework) runs in its own spawned worker process, so JAX's and PyTorch's thread
 pools never share a process. The workers compile one after the other (the first train step is
 timed as "compile"), then do one untimed warm-up run, then the parent asks them in turn for
-`--repeats` timed runs of `--steps` steps each, alternating lmfuse / PyTorch so that load from
-other processes on the machine hits both sides alike. Reported: the median tokens/s of each
-side, the ratio of the medians, and the median of the per-pair ratios (the most noise-robust
-number). PyTorch uses `torch.set_num_threads(os.cpu_count())`, the count XLA's CPU client uses.
+`--repeats` timed runs of `--steps` steps each, in an order rotated every repeat, so that load
+from other processes on the machine hits every side alike. Reported: the median tokens/s of
+each side, the ratio of the medians, and the medians of the per-repeat ratios lmfuse / peer
+(the most noise-robust numbers), with the 1-minute load average. PyTorch uses
+`torch.set_num_threads(os.cpu_count())`, the count XLA's CPU client uses; `--threads N` pins
+every worker to the first N CPUs (`os.sched_setaffinity`, before JAX or PyTorch starts its
+thread pool), so both use N threads.
 """
 
 from __future__ import annotations
@@ -158,6 +169,53 @@ class JaxRunner:
 
 
 # ---------------------------------------------------------------------------------------------
+# Minimal JAX (experiments/minimal)
+
+
+class MinimalRunner:
+    """The same model and optimizer as one plain JAX program, lmfuse's schedule included."""
+
+    def __init__(self, model: str, batch: int):
+        import jax
+        import optax
+        from minimal import minimal_lstm, minimal_transformer
+
+        self.jax = jax
+        m = MODELS[model]
+        key = jax.random.key(0)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, OPTIM["lr"], 10, 100_000)
+        settings = (OPTIM["b1"], OPTIM["b2"], OPTIM["eps"], OPTIM["weight_decay"], OPTIM["clip"])
+        if model == "transformer":
+            cfg = minimal_transformer.Config(VOCAB, m["emb_dim"], m["num_layers"], m["num_heads"],
+                                             m["mlp_dim"], SEQ, positions="learned", activation="gelu")
+            self.params = minimal_transformer.init_params(key, cfg)
+            tx = minimal_transformer.optimizer(schedule, *settings)
+            self.train_step = minimal_transformer.make_train_step(cfg, tx)
+        else:
+            self.params = minimal_lstm.init_params(key, VOCAB, m["emb_dim"], m["hidden_dim"],
+                                                   m["num_layers"])
+            tx = minimal_lstm.optimizer(schedule, *settings)
+            self.train_step = minimal_lstm.make_train_step(tx)
+        self.opt_state = tx.init(self.params)
+        self.batches = random_batches(batch)
+        self.tokens_per_step = batch * SEQ
+        self.num_params = sum(x.size for x in jax.tree.leaves(self.params))
+        self.index = 0
+        self.versions = {"jax": jax.__version__}
+        self.threads = len(os.sched_getaffinity(0))
+
+    def steps(self, k: int) -> float:
+        loss = None
+        for _ in range(k):
+            batch = self.batches[self.index % NUM_BATCHES]
+            self.index += 1
+            self.params, self.opt_state, loss = self.train_step(
+                self.params, self.opt_state, batch["inputs"], batch["targets"])
+        self.jax.block_until_ready((self.params, self.opt_state, loss))
+        return float(loss)
+
+
+# ---------------------------------------------------------------------------------------------
 # PyTorch
 
 
@@ -266,19 +324,27 @@ class TorchRunner:
 # Workers and the parent
 
 
-def worker(conn, framework: str, model: str, options: dict) -> None:
+PEERS = ("pytorch", "minimal_jax")
+LABELS = {"lmfuse": "lmfuse", "pytorch": "PyTorch", "minimal_jax": "minimal JAX"}
+
+
+def make_runner(framework: str, model: str, batch: int, options: dict):
+    if framework == "lmfuse":
+        return JaxRunner(model, batch, options["overrides"])
+    if framework == "minimal_jax":
+        return MinimalRunner(model, batch)
+    if not options["torch_cache"]:
+        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
+    warnings.filterwarnings("ignore", message=".*dynamo_pgo force disabled.*")
+    return TorchRunner(model, batch, options["compile_mode"])
+
+
+def worker(conn, framework: str, model: str, batch: int, options: dict) -> None:
     """Builds one runner, times its first step as compile, then serves ('run', k) requests."""
     try:
-        if options["threads"]:
+        if options["threads"]:  # before any thread pool starts: they size themselves by this
             os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: options["threads"]]))
-        batch = MODELS[model]["batch"]
-        if framework == "lmfuse":
-            runner = JaxRunner(model, batch, options["overrides"])
-        else:
-            if not options["torch_cache"]:
-                os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
-            warnings.filterwarnings("ignore", message=".*dynamo_pgo force disabled.*")
-            runner = TorchRunner(model, batch, options["compile_mode"])
+        runner = make_runner(framework, model, batch, options)
         start = time.perf_counter()
         loss = runner.steps(1)
         compile_s = time.perf_counter() - start
@@ -299,9 +365,10 @@ def worker(conn, framework: str, model: str, options: dict) -> None:
 
 
 class Worker:
-    def __init__(self, ctx, framework: str, model: str, options: dict):
+    def __init__(self, ctx, framework: str, model: str, batch: int, options: dict):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker, args=(child, framework, model, options), daemon=True)
+        self.process = ctx.Process(target=worker, args=(child, framework, model, batch, options),
+                                   daemon=True)
         self.process.start()
         child.close()
         self.info = self._receive()
@@ -321,39 +388,43 @@ class Worker:
         self.process.join(timeout=60)
 
 
-def bench_model(ctx, model: str, args, options: dict) -> dict:
+def bench_model(ctx, model: str, batch: int, args, options: dict) -> dict:
+    frameworks = ("lmfuse", *args.peers)
     workers = {}
     try:
-        for framework in ("lmfuse", "pytorch"):  # one compile at a time
-            workers[framework] = Worker(ctx, framework, model, options)
+        for framework in frameworks:  # one compile at a time
+            workers[framework] = Worker(ctx, framework, model, batch, options)
         counts = {f: w.info["num_params"] for f, w in workers.items()}
-        if counts["lmfuse"] != counts["pytorch"]:
+        if len(set(counts.values())) != 1:
             raise AssertionError(f"{model}: parameter counts differ: {counts}")
         for w in workers.values():  # warm-up, untimed
             w.run(args.steps)
         tps = {f: [] for f in workers}
         losses = {}
         for repeat in range(args.repeats):
-            order = list(workers) if repeat % 2 == 0 else list(workers)[::-1]
+            order = frameworks[repeat % len(frameworks):] + frameworks[:repeat % len(frameworks)]
             for framework in order:
                 reply = workers[framework].run(args.steps)
                 tokens = workers[framework].info["tokens_per_step"] * args.steps
                 tps[framework].append(tokens / reply["seconds"])
                 losses[framework] = reply["loss"]
-            print(f"  {model} repeat {repeat + 1}/{args.repeats}: "
-                  + ", ".join(f"{f} {tps[f][-1]:,.0f} tok/s" for f in workers), flush=True)
+            print(f"  {model} b{batch} repeat {repeat + 1}/{args.repeats} (load "
+                  f"{os.getloadavg()[0]:.1f}): "
+                  + ", ".join(f"{f} {tps[f][-1]:,.0f} tok/s" for f in frameworks), flush=True)
     finally:
         for w in workers.values():
             w.stop()
-    pair_ratios = [a / b for a, b in zip(tps["lmfuse"], tps["pytorch"], strict=True)]
+    pair_ratios = {peer: [a / b for a, b in zip(tps["lmfuse"], tps[peer], strict=True)]
+                   for peer in args.peers}
     return {
         "model": model,
+        "batch": batch,
         "params": counts["lmfuse"],
         "tps": tps,
         "median": {f: statistics.median(v) for f, v in tps.items()},
         "compile_s": {f: w.info["compile_s"] for f, w in workers.items()},
         "losses": losses,
-        "pair_ratio": statistics.median(pair_ratios),
+        "pair_ratio": {peer: statistics.median(r) for peer, r in pair_ratios.items()},
         "pair_ratios": pair_ratios,
         "versions": {k: v for w in workers.values() for k, v in w.info["versions"].items()},
         "threads": {f: w.info["threads"] for f, w in workers.items()},
@@ -369,39 +440,49 @@ def cpu_model() -> str:
     return match.group(1).strip() if match else "unknown CPU"
 
 
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    """A table cell: `value` formatted, '-' for a side that did not run."""
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
 def markdown(results: list[dict], args, command: str, load: tuple[float, float]) -> str:
     versions = {k: v for r in results for k, v in r["versions"].items()}
     torch_label = {"transformer": "torch.compile", "lstm": "torch.nn.LSTM"}
+    threads = results[0]["threads"]
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {cpu_model()}, {os.cpu_count()} cores "
-        f"(JAX {versions.get('jax', '?')}, PyTorch {versions.get('torch', '?')}, "
+        f"(JAX {versions.get('jax', '?')}, PyTorch {versions.get('torch', '-')}, "
         f"Python {platform.python_version()}); fp32, {args.repeats} timed runs of {args.steps} "
-        f"steps per side, alternating, after one warm-up run; PyTorch threads = "
-        f"{results[0]['threads']['pytorch']}, XLA CPUs = {results[0]['threads']['lmfuse']}; "
+        f"steps per side, in rotated order, after one warm-up run; PyTorch threads = "
+        f"{threads.get('pytorch', '-')}, XLA CPUs = {threads['lmfuse']}; "
         f"1-minute load average {load[0]:.1f} before / {load[1]:.1f} after (the machine is shared).",
         "",
         f"    {command}",
         "",
         "| model | params | batch x seq | lmfuse tok/s | PyTorch tok/s | PyTorch side "
-        "| ratio of medians | median pair ratio | target | compile lmfuse / PyTorch (s) |",
-        "|---|---:|---|---:|---:|---|---:|---:|---|---:|",
+        "| minimal JAX tok/s | lmfuse / PyTorch, ratio of medians | lmfuse / PyTorch, median "
+        "pair ratio | target | lmfuse / minimal JAX, median pair ratio | compile lmfuse / "
+        "PyTorch / minimal JAX (s) |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
-        m = r["median"]
+        m, c, pair = r["median"], r["compile_s"], r["pair_ratio"]
+        target, torch_pair = TARGETS[r["model"]], pair.get("pytorch")
+        met = "-" if torch_pair is None else "met" if torch_pair >= target else "not met"
+        of_medians = m["lmfuse"] / m["pytorch"] if "pytorch" in m else None
+        compile_s = " / ".join(_fmt(c.get(f), ".1f") for f in ("lmfuse", *PEERS))
         lines.append(
-            f"| {r['model']} | {r['params']:,} | {MODELS[r['model']]['batch']} x {SEQ} "
-            f"| {m['lmfuse']:,.0f} | {m['pytorch']:,.0f} | {torch_label[r['model']]} "
-            f"| {m['lmfuse'] / m['pytorch']:.2f}x | {r['pair_ratio']:.2f}x "
-            f"| >= {TARGETS[r['model']]:.1f}x: {'met' if r['pair_ratio'] >= TARGETS[r['model']] else 'not met'} "
-            f"| {r['compile_s']['lmfuse']:.1f} / {r['compile_s']['pytorch']:.1f} |"
+            f"| {r['model']} | {r['params']:,} | {r['batch']} x {SEQ} | {m['lmfuse']:,.0f} "
+            f"| {_fmt(m.get('pytorch'), ',.0f')} | {torch_label[r['model']]} "
+            f"| {_fmt(m.get('minimal_jax'), ',.0f')} | {_fmt(of_medians, '.2f', 'x')} "
+            f"| {_fmt(torch_pair, '.2f', 'x')} | >= {target:.1f}x: {met} "
+            f"| {_fmt(pair.get('minimal_jax'), '.2f', 'x')} | {compile_s} |"
         )
-    lines.append("")
-    lines.append("Per-run tokens/s (lmfuse; PyTorch):")
-    lines.append("")
+    ran = [f for f in ("lmfuse", *PEERS) if f in results[0]["tps"]]
+    lines += ["", f"Per-run tokens/s ({'; '.join(LABELS[f] for f in ran)}):", ""]
     for r in results:
-        lm = ", ".join(f"{x:,.0f}" for x in r["tps"]["lmfuse"])
-        pt = ", ".join(f"{x:,.0f}" for x in r["tps"]["pytorch"])
-        lines.append(f"- {r['model']}: {lm}; {pt}")
+        runs = "; ".join(", ".join(f"{x:,.0f}" for x in r["tps"][f]) for f in ran)
+        lines.append(f"- {r['model']} batch {r['batch']}: {runs}")
     return "\n".join(lines)
 
 
@@ -410,6 +491,8 @@ def block_key(args) -> str:
     parts = [f"threads={args.threads or 'all'}"] + [o.replace(" ", "") for o in args.override]
     if args.compile_mode:
         parts.append(f"compile_mode={args.compile_mode}")
+    if args.batches:
+        parts.append(f"batches={args.batches}")
     return " ".join(parts)
 
 
@@ -444,10 +527,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="train steps per timed run (default 10)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 7)")
     parser.add_argument("--models", default="transformer,lstm", help="comma list of transformer,lstm")
+    parser.add_argument("--batches", default="",
+                        help="comma list of batch sizes, each model at each (default: the model's "
+                             "own, transformer 16, lstm 32)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma list of what lmfuse is timed against (default {','.join(PEERS)})")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="lmfuse config override, e.g. model.hoist_input_projection=False")
     parser.add_argument("--threads", type=int, default=0,
-                        help="pin both sides to the first N CPUs (default: all, os.cpu_count())")
+                        help="pin every side to the first N CPUs (default: all, os.cpu_count())")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: default)")
     parser.add_argument("--torch-cache", action="store_true",
                         help="let torch.compile reuse its on-disk caches (default: cold compile)")
@@ -463,6 +551,15 @@ def main(argv: list[str] | None = None) -> None:
     for m in models:
         if m not in MODELS:
             parser.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+    args.peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    if not args.peers or set(args.peers) - set(PEERS):
+        parser.error(f"--peers: choose one or more of {', '.join(PEERS)}")
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--batches: a comma list of integers, got {args.batches!r}")
+    if any(b < 1 for b in batches):
+        parser.error("--batches: batch sizes must be positive")
 
     options = {"overrides": args.override, "compile_mode": args.compile_mode,
                "torch_cache": args.torch_cache, "threads": args.threads}
@@ -472,19 +569,25 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     results = []
     for model in models:
-        print(f"{model}: compiling lmfuse, then PyTorch ...", flush=True)
-        results.append(bench_model(ctx, model, args, options))
+        for batch in batches or [MODELS[model]["batch"]]:
+            print(f"{model} batch {batch}: compiling lmfuse, then "
+                  f"{', '.join(LABELS[p] for p in args.peers)} ...", flush=True)
+            results.append(bench_model(ctx, model, batch, args, options))
 
     load = (load_before, os.getloadavg()[0])
     print()
-    print(f"{'model':<12}{'params':>12}{'lmfuse tok/s':>15}{'PyTorch tok/s':>15}"
-          f"{'ratio':>8}{'pair':>8}{'compile s (lmfuse/PyTorch)':>30}")
+    print(f"{'model':<12}{'batch':>6}{'params':>12}" + "".join(
+        f"{LABELS[f] + ' tok/s':>19}" for f in ("lmfuse", *args.peers))
+        + "".join(f"{'lmfuse/' + LABELS[p]:>21}" for p in args.peers))
     for r in results:
         m = r["median"]
-        print(f"{r['model']:<12}{r['params']:>12,}{m['lmfuse']:>15,.0f}{m['pytorch']:>15,.0f}"
-              f"{m['lmfuse'] / m['pytorch']:>7.2f}x{r['pair_ratio']:>7.2f}x"
-              f"{r['compile_s']['lmfuse']:>18.1f} / {r['compile_s']['pytorch']:.1f}")
-        print(f"{'':<12}last loss lmfuse {r['losses']['lmfuse']:.3f}, PyTorch {r['losses']['pytorch']:.3f}")
+        print(f"{r['model']:<12}{r['batch']:>6}{r['params']:>12,}"
+              + "".join(f"{m[f]:>19,.0f}" for f in ("lmfuse", *args.peers))
+              + "".join(f"{r['pair_ratio'][p]:>20.2f}x" for p in args.peers))
+        print(f"{'':<18}compile s: " + ", ".join(
+            f"{LABELS[f]} {s:.1f}" for f, s in r["compile_s"].items())
+            + "; last loss: " + ", ".join(f"{LABELS[f]} {x:.3f}" for f, x in r["losses"].items()))
+    print("(ratios: medians of the per-repeat tokens/s ratios; below 1.0x lmfuse is slower)")
     print(f"1-minute load average before / after: {load[0]:.2f} / {load[1]:.2f}")
     print(f"command: {command}")
     if write:
