@@ -197,5 +197,10 @@ def decode_config() -> ml_collections.ConfigDict:
     c.alpha = 0.6  # GNMT length penalty
     c.max_new_tokens = 0  # 0: data.max_length
     c.no_repeat_ngram_size = 0  # > 0: no n-gram of this size twice in a hypothesis; 0 disables
+    # A translation has at most max_len_a * |source| + max_len_b tokens, both counting EOS
+    # (fairseq's --max-len-a/b; 0 and 0: only max_new_tokens). 1.5 and 10 cut no reference of
+    # the Bible validation split; the limit lets beam search stop as soon as its rows are done.
+    c.max_len_a = 1.5
+    c.max_len_b = 10
     c.batch_size = 64  # sentences per decoding batch
     return c

@@ -6,6 +6,8 @@ and splits them: candidates among the top K ending in EOS (or reaching the lengt
 compete for the K finished slots by the ranking score below, the rest for the K live slots by
 their sum of scores. The decode state (KV cache, RNN carry, anything) is reordered by gathering
 every leaf with the chosen beam indices (`gather_beams`), then stepped once with the new tokens.
+Leaves the step never writes (an encoder's memory and cross-attention keys) are the same in
+every beam of a prompt, so they are not copied (`unchanged_by_step`).
 
 With `no_repeat_ngram_size` n > 0, each live beam's extensions that would repeat an n-gram of
 its own generated tokens get score -inf (`repeated_ngram_ban`, on the per-token scores after
@@ -82,12 +84,29 @@ def tile_beams(tree: Any, beam_size: int) -> Any:
     return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0), tree)
 
 
-def gather_beams(tree: Any, beam_indices: jax.Array, old_beams: int) -> Any:
+def gather_beams(tree: Any, beam_indices: jax.Array, old_beams: int, skip: Any = None) -> Any:
     """Reorders beam-major state: leaf [B*old_K, ...] -> [B*K, ...] taking, for prompt b and
-    new beam j, old beam `beam_indices[b, j]`. Works for any pytree (KV cache, RNN carry)."""
+    new beam j, old beam `beam_indices[b, j]`. Works for any pytree (KV cache, RNN carry).
+    Leaves marked True in `skip` (a matching tree of bools) are returned as they are."""
     batch, new_beams = beam_indices.shape
     flat = (jnp.arange(batch)[:, None] * old_beams + beam_indices).reshape(-1)
-    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, flat, axis=0), tree)
+    skip = jax.tree.map(lambda _: False, tree) if skip is None else skip
+    return jax.tree.map(lambda x, s: x if s or x.ndim == 0 else jnp.take(x, flat, axis=0),
+                        tree, skip)
+
+
+def unchanged_by_step(decoder: DecodeStep, params: Any, state: Any, tokens: jax.Array) -> Any:
+    """A tree like `state`: True for the leaves `decoder.step` returns untouched (encoder
+    memory, cross-attention keys, source ids). Tiled from one row per prompt and never
+    written, such a leaf is the same in all K beams of a prompt, so reordering the beams
+    cannot change it and `gather_beams` can skip its copy (the bulk of a step's memory
+    traffic for an encoder-decoder). Read off the step's jaxpr: an output that is its input."""
+    jaxpr = jax.make_jaxpr(decoder.step)(params, state, tokens).jaxpr
+    n_params = len(jax.tree.leaves(params))
+    state_in = jaxpr.invars[n_params : n_params + len(jax.tree.leaves(state))]
+    state_out = jaxpr.outvars[1:]  # after the logits
+    flags = [i is o for i, o in zip(state_in, state_out, strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(state), flags)
 
 
 def _gather(x: jax.Array, indices: jax.Array) -> jax.Array:
@@ -107,6 +126,7 @@ def beam_search(
     processors: Sequence[Processor] = (),
     suppress_pad: bool = True,
     no_repeat_ngram_size: int = 0,
+    row_limits: jax.Array | None = None,
 ) -> BeamOutput:
     """K-best continuations of each prompt in `batch` (see `DecodeStep`), best first.
 
@@ -114,20 +134,27 @@ def beam_search(
     every hypothesis exactly `max_new_tokens` long (exact search when K >= V ** N). `alpha`
     (the GNMT exponent) applies to monotone decoders only; a non-monotone one ranks by its raw
     fused sum (`ranking_alpha`; the module docstring says why). `no_repeat_ngram_size` n > 0:
-    no hypothesis repeats an n-gram of its generated tokens (0 disables it).
+    no hypothesis repeats an n-gram of its generated tokens (0 disables it). `row_limits` [B]:
+    new tokens allowed per prompt (each <= `max_new_tokens`; a translation's limit from its
+    source length, fairseq's max_len_a * |x| + max_len_b); a prompt's beams end there, and its
+    early-exit bound is taken there, so each prompt's result is independent of its batch.
     """
     if beam_size <= 0 or max_new_tokens <= 0:
         raise ValueError(f"beam_size={beam_size} and max_new_tokens={max_new_tokens} must be positive")
     chain = ((SuppressTokens((PAD_ID,)),) if suppress_pad else ()) + tuple(processors)
+    b = batch["prompt"].shape[0]
+    limits = jnp.full((b,), max_new_tokens, jnp.int32) if row_limits is None else (
+        jnp.minimum(jnp.asarray(row_limits, jnp.int32), max_new_tokens))
     return _beam_search(
         decoder, chain, int(beam_size), int(max_new_tokens), ranking_alpha(decoder, alpha),
         max(int(no_repeat_ngram_size), 0), params, batch,
         jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id
+        limits,
     )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos_id):
+def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos_id, limits):
     prompt = batch["prompt"]
     b, prompt_len = prompt.shape
     logits, state = decoder.init(params, batch, prompt_len + num_tokens)
@@ -138,14 +165,16 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos
         seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt].set(True)
         seen = tile_beams(seen.at[:, PAD_ID].set(False), k)
     two_k = 2 * k
+    invariant = unchanged_by_step(decoder, params, state, jnp.zeros((b * k,), jnp.int32))
+    not_invariant = jax.tree.map(lambda _: False, seen)  # None when there is no `seen`
 
     def cond(c):
         i, live_logprobs, fin_scores = c[0], c[4], c[6]
         if not decoder.monotone:  # a live score may still rise: no bound, run to the end
-            return i < num_tokens
-        best_live = live_logprobs[:, 0] / length_penalty(float(num_tokens), alpha)
+            return i < jnp.max(limits)
+        best_live = live_logprobs[:, 0] / length_penalty(limits.astype(jnp.float32), alpha)
         worst_fin = jnp.min(fin_scores, axis=1)  # NEG_INF while fewer than K have finished
-        return (i < num_tokens) & ~jnp.all(worst_fin > best_live)
+        return ~jnp.all((i >= limits) | (worst_fin > best_live))
 
     def body(c):
         i, logits, state, seen, live_logprobs, live_seqs, fin_scores, fin_logprobs, fin_seqs, fin_flags = c
@@ -164,7 +193,7 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos
             _gather(live_seqs, top_beams), top_tokens[:, :, None], (0, 0, i)
         )
         real = top_logprobs > NEG_INF / 2  # not descended from a placeholder beam
-        ends = (top_tokens == eos_id) | (i == num_tokens - 1)
+        ends = (top_tokens == eos_id) | (i == limits[:, None] - 1)
 
         # Live: the best K candidates that did not just end.
         live_cand = jnp.where(ends | ~real, NEG_INF, top_logprobs)
@@ -185,7 +214,7 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos
         new_fin_flags = _gather(jnp.concatenate([fin_flags, just_ended], axis=1), fin_pick)
 
         # Reorder the decode state to the surviving beams' parents, then feed their tokens.
-        state, seen = gather_beams((state, seen), parent, k)
+        state, seen = gather_beams((state, seen), parent, k, (invariant, not_invariant))
         if seen is not None:
             seen = seen.at[jnp.arange(b * k), new_tokens].set(True)
         logits, state = decoder.step(params, state, new_tokens)

@@ -7,7 +7,8 @@ scoring them: the one path `lmfuse eval`, `lmfuse translate`, the demo and the s
     out = translate_lines(decoder, params, tokenizer, lines, options)    # no references
 
 Lines are encoded with the model's tokenizer, cut to the model's source length (and counted),
-and decoded by beam search in fixed-shape batches, so one compiled program serves every batch.
+and decoded by beam search in batches of similar length (longest first), padded to one of a
+few widths (powers of two up to the source length), so a few compiled programs serve them all.
 Empty lines give empty outputs without decoding, and output line i always belongs to input
 line i. Characters outside the vocabulary reach the model as bytes (the tokenizer's byte
 fallback), so no input can fail to encode. With `progress`, a bar (or, off a terminal, a
@@ -17,6 +18,7 @@ plain line every few seconds: `lmfuse.progress`) counts the lines translated.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +33,7 @@ from lmfuse.decode.rescoring import Rescorer
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate.metrics import score_translations
 from lmfuse.progress import progress_bar
+from lmfuse.schema import decode_config
 from lmfuse.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -43,6 +46,11 @@ class TranslateOptions:
     batch_size: int = 64
     progress: bool = False
     no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in a hypothesis
+    # A line's translation has at most max_len_a * |source| + max_len_b tokens (both counting
+    # EOS; fairseq's --max-len-a/b), and never more than max_new_tokens. 0 and 0: no limit but
+    # max_new_tokens.
+    max_len_a: float = 0.0
+    max_len_b: int = 0
 
     @classmethod
     def from_config(
@@ -55,11 +63,17 @@ class TranslateOptions:
         batch_size: int = 0,
         progress: bool = False,
         no_repeat_ngram_size: int | None = None,
+        max_len_a: float | None = None,
+        max_len_b: int | None = None,
     ) -> TranslateOptions:
         """A workdir config's decoding settings; a given value (non-zero, not None) wins."""
         decode = config.decode
         if no_repeat_ngram_size is None:  # workdirs trained before the key existed: off
             no_repeat_ngram_size = decode.get("no_repeat_ngram_size", 0)
+        # Workdirs trained before the keys existed decode with today's defaults.
+        defaults = decode_config()
+        max_len_a = decode.get("max_len_a", defaults.max_len_a) if max_len_a is None else max_len_a
+        max_len_b = decode.get("max_len_b", defaults.max_len_b) if max_len_b is None else max_len_b
         return cls(
             beam_size=beam_size or decode.beam_size,
             alpha=decode.alpha if alpha is None else alpha,
@@ -68,7 +82,16 @@ class TranslateOptions:
             batch_size=batch_size or decode.batch_size,
             progress=progress,
             no_repeat_ngram_size=no_repeat_ngram_size,
+            max_len_a=max_len_a,
+            max_len_b=max_len_b,
         )
+
+    def new_token_limit(self, source_tokens: int) -> int:
+        """New tokens (EOS included) a line with this many source tokens (EOS included) may get."""
+        if self.max_len_a <= 0 and self.max_len_b <= 0:
+            return self.max_new_tokens
+        return max(1, min(self.max_new_tokens, math.ceil(self.max_len_a * source_tokens
+                                                          + self.max_len_b)))
 
 
 @dataclasses.dataclass
@@ -153,24 +176,34 @@ def translate_lines(
 ) -> Translations:
     """Best beam-search hypothesis for every line, in order (after `rescorer`, if given)."""
     sources, truncated = encode_sources(tokenizer, lines, options.max_source_tokens)
-    todo = [i for i, ids in enumerate(sources) if ids is not None]
+    # Longest first, so that each batch holds lines of similar length: its beams finish
+    # together (the search exits early) and its columns are padded only to its bucket width.
+    todo = sorted((i for i, ids in enumerate(sources) if ids is not None),
+                  key=lambda i: -len(sources[i]))
     hypotheses = [""] * len(lines)
     rows = options.batch_size
     bar = progress_bar(len(todo), desc="translate", unit="verse", disable=not options.progress)
     for start in range(0, len(todo), rows):
         chunk = todo[start : start + rows]
-        # Every batch has the same shape (padded rows and columns): one compiled program.
-        inputs = np.full((rows, options.max_source_tokens), PAD_ID, np.int32)
+        # Every batch has `rows` rows and one of a few column widths: a compiled program per
+        # width, not per batch. Padding is masked, so the width does not change the output.
+        width = bucket_width(len(sources[chunk[0]]), options.max_source_tokens)
+        inputs = np.full((rows, width), PAD_ID, np.int32)
         for row, index in enumerate(chunk):
             inputs[row, : len(sources[index])] = sources[index]
         batch = {
             "inputs": jnp.asarray(inputs),
             "prompt": jnp.full((rows, 1), BOS_ID, jnp.int32),
         }
+        # Each line's own limit; the loop's buffer is the batch's largest, bucketed like the
+        # columns. Padding rows get the smallest limit, so they never keep the loop running.
+        limits = np.ones(rows, np.int32)
+        limits[: len(chunk)] = [options.new_token_limit(len(sources[i])) for i in chunk]
         out = beam_search(
             decoder, params, batch, beam_size=options.beam_size,
-            max_new_tokens=options.max_new_tokens, alpha=options.alpha, processors=processors,
-            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            max_new_tokens=bucket_width(int(limits.max()), options.max_new_tokens),
+            alpha=options.alpha, processors=processors,
+            no_repeat_ngram_size=options.no_repeat_ngram_size, row_limits=limits,
         )
         if rescorer is not None:
             out = rescorer(batch["prompt"], out, options.alpha)
@@ -182,6 +215,14 @@ def translate_lines(
         bar.update(len(chunk))
     bar.close()
     return Translations(hypotheses, truncated, len(lines) - len(todo))
+
+
+def bucket_width(length: int, max_tokens: int, smallest: int = 16) -> int:
+    """The smallest power of two >= `length` (at least `smallest`), capped at `max_tokens`."""
+    width = smallest
+    while width < length:
+        width *= 2
+    return min(width, max_tokens)
 
 
 def _until_eos(ids: np.ndarray) -> list[int]:

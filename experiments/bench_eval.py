@@ -1,0 +1,126 @@
+"""Decoding a dataset: `lmfuse eval` at an older revision against the working tree, same command.
+
+    python experiments/bench_eval.py --workdir workdirs/demo/s2s_transformer --old 60ba1e8
+    python experiments/bench_eval.py ... --write     # also records the table in BENCHMARKS.md
+
+Each side runs `python -m lmfuse.cli eval --workdir W --split S` as a fresh process from its
+own source tree (the old revision checked out into a temporary `git worktree`, removed after),
+with the same Python environment, data directory and workdir, so the wall time covers what a
+researcher waits for: start-up, data, compilation, decoding and scoring. Runs alternate
+old / new (`--runs` pairs) so that load from other processes hits both alike; the median of the
+per-pair ratios is the number to quote. The table also compares what the two sides decoded:
+BLEU and chrF, and how many hypotheses are identical line by line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_train import cpu_model, write_generated_block
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Decoding a dataset (CPU)"
+
+
+def run_eval(tree: Path, workdir: Path, split: str, sample: int, output: Path) -> float:
+    """Wall seconds of one `lmfuse eval` run from `tree`'s sources."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, "-m", "lmfuse.cli", "eval", "--workdir", str(workdir),
+               "--split", split, "--sample", str(sample), "--output", str(output)]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"bench_eval: lmfuse eval failed in {tree}:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def read_side(output: Path) -> dict:
+    report = json.loads(output.read_text())
+    hypotheses = output.with_name(f"{output.stem}_hypotheses.txt").read_text().splitlines()
+    return {"bleu": report["bleu"], "chrf": report["chrf"], "hypotheses": hypotheses}
+
+
+def markdown(result: dict, args, command: str) -> str:
+    old, new = result["old"], result["new"]
+    same = sum(a == b for a, b in zip(old["hypotheses"], new["hypotheses"], strict=True))
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {cpu_model()}, {os.cpu_count()} cores "
+        f"(Python {platform.python_version()}); {args.runs} run(s) per side, alternating; "
+        f"1-minute load average {result['load'][0]:.1f} before / {result['load'][1]:.1f} after.",
+        "",
+        f"    {command}",
+        "",
+        "| side | source tree | wall s (median) | BLEU | chrF | new / old speed (median pair ratio) "
+        "| hypotheses identical |",
+        "|---|---|---:|---:|---:|---:|---|",
+        f"| old | {args.old} | {statistics.median(result['wall']['old']):.1f} | "
+        f"{old['bleu']:.2f} | {old['chrf']:.2f} | | |",
+        f"| new | working tree | {statistics.median(result['wall']['new']):.1f} | "
+        f"{new['bleu']:.2f} | {new['chrf']:.2f} | {result['ratio']:.2f}x "
+        f"| {same} of {len(new['hypotheses'])} |",
+        "",
+        "Per-run wall seconds (old; new): "
+        + ", ".join(f"{x:.1f}" for x in result["wall"]["old"]) + "; "
+        + ", ".join(f"{x:.1f}" for x in result["wall"]["new"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="an encoder-decoder's workdir")
+    parser.add_argument("--old", required=True, help="git revision of the old side")
+    parser.add_argument("--split", default="test", choices=("validation", "test"))
+    parser.add_argument("--sample", type=int, default=0,
+                        help="a seeded sample of this many pairs (default 0: the whole split)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per side (default 1)")
+    parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir).resolve()
+    if not (workdir / "checkpoints").is_dir():
+        parser.error(f"--workdir {args.workdir}: no checkpoints there; train it first "
+                     "(make demo trains workdirs/demo/s2s_transformer)")
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ["experiments/bench_eval.py", *(sys.argv[1:] if argv is None else argv)])
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
+        old_tree = Path(tmp) / "old"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
+                        str(old_tree), args.old], check=True)
+        try:
+            load_before = os.getloadavg()[0]
+            wall = {"old": [], "new": []}
+            for run in range(args.runs):
+                for side, tree in (("old", old_tree), ("new", ROOT)):
+                    seconds = run_eval(tree, workdir, args.split, args.sample,
+                                       Path(tmp) / f"{side}.json")
+                    wall[side].append(seconds)
+                    print(f"run {run + 1} {side}: {seconds:.1f} s", flush=True)
+            result = {
+                "wall": wall, "load": (load_before, os.getloadavg()[0]),
+                "ratio": statistics.median(o / n for o, n in zip(wall["old"], wall["new"],
+                                                                strict=True)),
+                "old": read_side(Path(tmp) / "old.json"), "new": read_side(Path(tmp) / "new.json"),
+            }
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(old_tree)], check=False)
+    block = markdown(result, args, command)
+    print(block)
+    if args.write:
+        write_generated_block(ROOT / "BENCHMARKS.md", SECTION, "bench_eval", args.split, block)
+
+
+if __name__ == "__main__":
+    main()
