@@ -22,7 +22,8 @@ Models, as `lmfuse train` runs (each one a workdir under the study's workdir):
                                     (at 100% that is lm_target's text: lm_target is reused)
     s2s_<backbone>_f<p>             the plain encoder-decoder ('none'): the base that shallow,
                                     density-ratio and ILME decoding fuse, and the model that
-                                    deep and linear fusion start from (its last checkpoint)
+                                    deep and linear fusion start from (at its checkpoint
+                                    chosen on validation, `fusion.s2s_step`)
     <method>_<backbone>_f<p>        a trained fusion (configs/fusion.py:<method>): cold,
                                     simple_* and lm_prior from scratch with the frozen LM, deep
                                     and linear from s2s_<backbone>_f<p>
@@ -195,9 +196,10 @@ def defaults(budget: str) -> dict[str, Any]:
 def plan(budget: str, settings: dict[str, Any]) -> Plan:
     sizes = SIZES[budget]
     s2s, lm = size_overrides(budget, sizes)
-    # The trained fusions read the encoder-decoder's vocab logits, which a copy (pointer-
-    # generator) output does not have, so every encoder-decoder here is the plain one.
-    s2s = (*s2s, override("model.copy_source", False))
+    # Every encoder-decoder has a copy output (pointer-generator): style transfer keeps most
+    # source words, and without it the small-data models lose to copying the source. Decode-
+    # time fusion mixes the copied distribution; trained fusion wraps the fused one in it.
+    s2s = (*s2s, override("model.copy_source", True))
     return Plan(
         variant=sizes["variant"],
         lm_overrides=lm,
@@ -234,9 +236,10 @@ def _evaluation(ctx: RunContext, plan: Plan) -> Evaluation:
 
 
 def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
-            method: str = "none", seed: int = 0) -> TrainRun:
+            method: str = "none", seed: int = 0, base_step: int = 0) -> TrainRun:
     """The plain encoder-decoder of a fraction, backbone and training seed, or (method) a
-    trained fusion."""
+    trained fusion; deep and linear fusion start from the plain model's checkpoint `base_step`
+    (the one chosen on validation; 0: its newest)."""
     spec = plan.spec(BACKBONES[backbone])
     base = plan.s2s_overrides
     if method in TRAINED:
@@ -252,6 +255,8 @@ def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
         if method in PRETRAINED_S2S:
             defining.append(override("fusion.s2s_workdir",
                                      s2s_run(ctx, plan, percent, backbone, seed=seed).workdir))
+            if base_step:
+                defining.append(override("fusion.s2s_step", base_step))
     name = f"s2s_{backbone}" if method == "none" else f"{method}_{backbone}"
     overrides = (*base, *cadence(spec, (*base, *user), plan.checkpoints), *user,
                  *pin_tokenizer(_data(ctx, plan)), *defining)
@@ -385,10 +390,11 @@ def _trained_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     commands = [lm["command"]]
     base = s2s_run(ctx, plan, percent, backbone, seed=seed)  # `none`: the row's baseline
     evaluation = _evaluation(ctx, plan)
-    chosen_checkpoint(ctx, evaluation, base)
+    base_step = chosen_checkpoint(ctx, evaluation, base)["step"]
     if method in PRETRAINED_S2S:
         commands.append(base.command())
-    run = s2s_run(ctx, plan, percent, backbone, method, seed)
+    run = s2s_run(ctx, plan, percent, backbone, method, seed,
+                  base_step if method in PRETRAINED_S2S else 0)
     ensure_trained(run)  # the cell's own training
     chosen = selection(ctx, evaluation, run)
     values = finish(ctx, evaluation, run, chosen["step"], None,

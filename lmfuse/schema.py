@@ -168,6 +168,9 @@ def fusion_config() -> ml_collections.ConfigDict:
     c.method = ""  # '' (none) | 'deep' | 'cold' | 'simple_postnorm' | 'simple_prenorm' | 'linear' | 'lm_prior'
     c.lm_workdir = ""  # a trained decoder-only LM (every method), same tokenizer as the data
     c.s2s_workdir = ""  # the trained encoder-decoder that deep and linear fusion start from
+    # Its checkpoint to start from: 0, the newest intact one; a studies' choice is the step
+    # chosen on validation (training.json's best_validation_step when it stopped early).
+    c.s2s_step = 0
     c.update(fusion_defaults())  # weights_kind, train_bases, cold_dim, prior_* (FusionConfig)
     # The LM's model config, copied from lm_workdir when training starts (not set by hand), so
     # a fused workdir rebuilds its model without the LM's workdir.

@@ -18,7 +18,7 @@ from lmfuse.models.rnn import RNNConfig
 # Fields that are no config key: filled in by build_model, or module options.
 NOT_KEYS = {"vocab_size", *registry.MODULE_OPTIONS}
 # Fusion keys only a config holds (the method: '' is off, so FusionConfig has no default).
-FUSION_CONFIG_ONLY = {"method", "lm_workdir", "s2s_workdir", "lm_model"}
+FUSION_CONFIG_ONLY = {"method", "lm_workdir", "s2s_workdir", "s2s_step", "lm_model"}
 
 
 def declarations(config_classes) -> dict[str, set[str]]:

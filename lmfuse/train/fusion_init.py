@@ -43,17 +43,26 @@ def _base_workdirs(fusion: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     return bases
 
 
+def _base_step(fusion: ml_collections.ConfigDict, base: str) -> int | None:
+    """The checkpoint a base starts from: the encoder-decoder's `fusion.s2s_step` (None, the
+    newest intact one, when 0 or unset: fused workdirs from before the key), the LM's newest."""
+    return (fusion.get("s2s_step", 0) or None) if base == "s2s" else None
+
+
 def check_fusion_config(config: ml_collections.ConfigDict) -> None:
     """Fusion settings that cannot work fail here, before any data or model is loaded."""
     fusion = config.fusion
     check_fusion(fusion, config.model.name)
     if _resolved(fusion):
         return
-    if fusion.method not in PRETRAINED_S2S and fusion.s2s_workdir:
+    if fusion.method not in PRETRAINED_S2S and (fusion.s2s_workdir or fusion.get("s2s_step", 0)):
         raise LmfuseError(
-            f"fusion.s2s_workdir is for {' and '.join(PRETRAINED_S2S)} fusion; "
-            f"{fusion.method} trains the encoder-decoder from scratch, so leave it empty"
+            f"fusion.s2s_workdir and fusion.s2s_step are for {' and '.join(PRETRAINED_S2S)} "
+            f"fusion; {fusion.method} trains the encoder-decoder from scratch, so leave them unset"
         )
+    if fusion.get("s2s_step", 0) < 0:
+        raise LmfuseError(f"fusion.s2s_step={fusion.s2s_step} must be >= 0 (0: the newest "
+                          "checkpoint of fusion.s2s_workdir)")
     for base, workdir in _base_workdirs(fusion):
         if not workdir:
             what = "a trained LM" if base == "lm" else "the trained encoder-decoder it starts from"
@@ -126,8 +135,10 @@ def load_fusion_bases(config: ml_collections.ConfigDict, tokenizer: Tokenizer, a
     bases = {}
     for base, workdir in _base_workdirs(config.fusion):
         _base_config(workdir, base, tokenizer)
-        _check_fits(workdir, base, checkpoint.stored_param_shapes(workdir), abstract_params[base])
-        bases[base], _ = checkpoint.restore_params(workdir, abstract_params[base])
+        step = _base_step(config.fusion, base)
+        _check_fits(workdir, base, checkpoint.stored_param_shapes(workdir, step),
+                    abstract_params[base])
+        bases[base], _ = checkpoint.restore_params(workdir, abstract_params[base], step)
     return bases
 
 

@@ -165,3 +165,29 @@ def test_save_workdir_writes_what_fusion_reads(tmp_path):
     tok = tokenizer()
     save_workdir(tmp_path / "lm", lm_config("transformer"), tok)
     assert checkpoint.read_json_item(tmp_path / "lm", "tokenizer") == tokenizer_ref(tok)
+
+
+def test_deep_fusion_starts_from_the_s2s_checkpoint_it_names(workdirs, tmp_path):
+    """fusion.s2s_step picks the base's checkpoint (a study's choice on validation); 0 is the
+    newest. A step that is not kept, or a step for a method that trains from scratch, is a
+    one-line error."""
+    base = fused_config("deep", **{"fusion.method": ""})
+    early = save_workdir(tmp_path / "s2s", base, seed=1, step=10)
+    late = save_workdir(tmp_path / "s2s", base, seed=2, step=20)
+
+    def start(step: int):
+        config = fused_config("deep", **{"fusion.lm_workdir": workdirs / "lm",
+                                         "fusion.s2s_workdir": tmp_path / "s2s",
+                                         "fusion.s2s_step": step})
+        return build_trainer(config, tokenizer()).init_fn.load_bases()["s2s"]
+
+    assert params_digest(start(10)) == params_digest(early)
+    assert params_digest(start(0)) == params_digest(start(20)) == params_digest(late)
+    with pytest.raises(LmfuseError, match="no checkpoint at step 15 .kept steps: 10, 20") as error:
+        start(15)
+    assert "\n" not in str(error.value)
+    assert "fusion.s2s_step are for deep and linear" in fusion_error(
+        "cold", **{"fusion.lm_workdir": workdirs / "lm", "fusion.s2s_step": 10})
+    assert "fusion.s2s_step=-1 must be >= 0" in fusion_error(
+        "deep", **{"fusion.lm_workdir": workdirs / "lm", "fusion.s2s_workdir": tmp_path / "s2s",
+                   "fusion.s2s_step": -1})

@@ -68,16 +68,17 @@ def fused_config(method: str, backbone: str = "s2s_transformer", **extra
     return load_config(f"configs/fusion.py:{method},tiny", overrides(values))
 
 
-def save_workdir(workdir: Path, config: ml_collections.ConfigDict, tok=None, seed: int = 0):
-    """Writes a checkpoint of a model with random params (and a zero optimizer state, which
-    fusion never reads); returns its params."""
+def save_workdir(workdir: Path, config: ml_collections.ConfigDict, tok=None, seed: int = 0,
+                 step: int = 1):
+    """Writes a checkpoint (at `step`) of a model with random params (and a zero optimizer
+    state, which fusion never reads); returns its params."""
     tok = tok or tokenizer()
     trainer = build_trainer(config, tok)
     state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), trainer.abstract_state)
     state = state.replace(params=_random_like(state.params, seed, 0.3))
     manager = checkpoint.make_manager(workdir)
     iterator = iter(grain.MapDataset.range(2).to_iter_dataset())
-    checkpoint.save(manager, 1, state, iterator, config, tokenizer_ref(tok), force=True)
+    checkpoint.save(manager, step, state, iterator, config, tokenizer_ref(tok), force=True)
     manager.wait_until_finished()
     manager.close()
     return state.params
