@@ -112,7 +112,7 @@ LM_CONFIG = "configs/lm_transformer.py"
 SIZES = {
     "cpu": {
         "variant": "tiny",
-        "lm_steps": 300,  # configs/lm_transformer.py:tiny
+        "lm_steps": 2000,  # configs/lm_transformer.py:tiny, about 5 minutes here
         "lm_seq_len": 96,  # as long as the tiny encoder-decoders' outputs (tiny LM: 64)
         "s2s_steps": 0,  # 0: the epoch budget below
         # Every encoder-decoder trained from scratch: up to 20 epochs of its fraction's pairs,
@@ -120,6 +120,7 @@ SIZES = {
         "s2s_epochs": 20,
         "patience": 3,
         "eval_every": 50,
+        "s2s_dropout": 0.1,  # the tiny configs have none; a few hundred pairs need some
         "deep_steps": 100,  # deep / linear fusion, from the plain encoder-decoder
         "linear_steps": 100,
         "rnn_step_scale": 2,  # the tiny RNN's batches are 16 rows, the Transformer's 32
@@ -133,6 +134,7 @@ SIZES = {
         "s2s_epochs": 30,
         "patience": 5,
         "eval_every": 500,
+        "s2s_dropout": None,  # None: the config's
         "deep_steps": 0,  # 0: the epoch budget with early stopping, as every model
         "linear_steps": 0,
         "rnn_step_scale": 1,  # the full configs' batches are the same size
@@ -200,6 +202,8 @@ def plan(budget: str, settings: dict[str, Any]) -> Plan:
     # source words, and without it the small-data models lose to copying the source. Decode-
     # time fusion mixes the copied distribution; trained fusion wraps the fused one in it.
     s2s = (*s2s, override("model.copy_source", True))
+    if sizes["s2s_dropout"] is not None:
+        s2s = (*s2s, override("model.dropout", sizes["s2s_dropout"]))
     return Plan(
         variant=sizes["variant"],
         lm_overrides=lm,
