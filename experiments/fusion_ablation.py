@@ -145,7 +145,7 @@ SIZES = {
 # The protocol's settings per budget (the command line changes them). Each weight grid gets 0
 # added; a method's candidates are every combination of the grids its formula has.
 PROTOCOL = {
-    "lambdas": {"cpu": (0.1, 0.2, 0.3), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
+    "lambdas": {"cpu": (0.1, 0.2, 0.3, 0.5, 0.8), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
     "source_lm_weights": {"cpu": (0.1, 0.3), "gpu": (0.1, 0.2, 0.3)},
     "ilm_weights": {"cpu": (0.1, 0.3), "gpu": (0.1, 0.2, 0.3)},
     "length_rewards": {"cpu": (), "gpu": (0.5, 1.0)},
