@@ -516,7 +516,7 @@ def markdown(report: Report, task: str) -> str:
         *tables.header_lines(report),
         *tables.protocol_lines(report),
         "- Decode-time methods fuse the `none` model's chosen checkpoint; deep and linear "
-        "fusion start from its last checkpoint. Density ratio at 100% data is N/A: "
+        "fusion start from that checkpoint too (`fusion.s2s_step`). Density ratio at 100% data is N/A: "
         f"{SAME_LM_TWICE}.",
         "- Steps / epochs / train s: the cell's model's training (epochs over its fraction's "
         "pairs); wall s: the cell's own work (training, checkpoint choice, weight sweep, "
