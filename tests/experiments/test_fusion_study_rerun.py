@@ -1,5 +1,5 @@
 """The committed fusion study reproduces: one cell (5% of the pairs, Transformer, `none`, seed
-0) rerun end to end from nothing (LM, encoder-decoder, checkpoint choice, test decode) lands
+0) rerun end to end from nothing (encoder-decoder, checkpoint choice, test decode) lands
 within the seed-to-seed spread of the committed rows. About 7 minutes on a 2-core CPU, so it
 is slow; `make test-slow` runs it."""
 
