@@ -120,6 +120,10 @@ def train_config() -> ml_collections.ConfigDict:
     # `patience` consecutive evaluations (every eval_every steps, which must be > 0).
     c.patience = 0
     c.min_delta = 0.0
+    # What early stopping (and training.json's best_validation_step) watches: 'nll' (lower
+    # is better), or 'bleu' / 'chrf' (higher is better) of the validation sample below, which
+    # an encoder-decoder's loss can stop improving long before (label noise, copy-heavy tasks).
+    c.stop_metric = "nll"
     c.eval_batches = 0  # 0: the whole validation split
     # Encoder-decoders on a translate view, trained with `lmfuse train`: BLEU and chrF of
     # this many validation pairs (a sample seeded by `seed`, spread over every book, decoded

@@ -158,8 +158,10 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 def size_overrides(budget: str, sizes: Mapping[str, int]
                    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(encoder-decoder, LM) overrides for `s2s_steps`, `lm_steps`, `lm_seq_len`, `beam_size`,
-    and (when `s2s_epochs` > 0) an epoch budget with early stopping: `s2s_epochs`, `patience`
-    and `eval_every` (validation loss every that many steps)."""
+    and (when `s2s_epochs` > 0) an epoch budget with early stopping: `s2s_epochs`, `patience`,
+    `eval_every` (an evaluation every that many steps) and, if given, `stop_metric` (the
+    metric it watches; 'nll' if not) with `eval_translate_sample` (the validation pairs
+    decoded for BLEU at each evaluation)."""
     def steps(n: int) -> tuple[str, ...]:
         return (override("train.steps", n),) if n else ()
 
@@ -168,6 +170,9 @@ def size_overrides(budget: str, sizes: Mapping[str, int]
         s2s += (override("train.epochs", sizes["s2s_epochs"]),
                 override("train.patience", sizes["patience"]),
                 override("train.eval_every", sizes["eval_every"]))
+        if sizes.get("stop_metric", "nll") != "nll":
+            s2s += (override("train.stop_metric", sizes["stop_metric"]),
+                    override("train.eval_translate_sample", sizes["eval_translate_sample"]))
     elif budget == "cpu":  # validation is scored at the checkpoints, not during training
         s2s += (override("train.eval_every", 0),)
     if sizes["beam_size"]:

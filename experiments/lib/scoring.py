@@ -207,8 +207,8 @@ def device_description() -> str:
 
 def selection(ctx: RunContext, evaluation: Evaluation, run: TrainRun) -> dict[str, Any]:
     """The checkpoint a cell uses. A run with early stopping: the checkpoint with the best
-    validation loss (early stopping's own choice), decoded on the validation sample for its
-    scores. Otherwise every kept checkpoint is decoded there and the best by BLEU is chosen.
+    value of its stop metric (early stopping's own choice: validation loss, or the BLEU of
+    its training-time validation sample), decoded on the validation sample for its scores. Otherwise every kept checkpoint is decoded there and the best by BLEU is chosen.
     Cached in the workdir (recomputed when its checkpoints or the sample change)."""
     from lmfuse.train.loop import training_record
 

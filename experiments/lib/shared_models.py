@@ -56,7 +56,7 @@ def check_user_overrides(ctx: RunContext, specs: Sequence[tuple[str, Sequence[st
 def cadence(spec: str, overrides: Sequence[str], checkpoints: int) -> tuple[str, ...]:
     """A step budget: `checkpoints` evenly spaced checkpoints over the run's steps, all kept.
     Early stopping: a checkpoint at every evaluation, the last max(checkpoints, patience + 1)
-    kept, so the one with the best validation loss is among them when the run stops."""
+    kept, so the best one by the stop metric is among them when the run stops."""
     from lmfuse.config import load_config
 
     train = load_config(spec, tuple(overrides)).train

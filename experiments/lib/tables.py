@@ -116,7 +116,7 @@ def protocol_lines(report: Report) -> list[str]:
              if name in settings]
     return [
         "- Selection on the validation sample only: each trained model's checkpoint (with "
-        "early stopping the one of best validation loss, else the best validation BLEU of "
+        "early stopping the best by its stop metric, else the best validation BLEU of "
         "those kept), and each decode-time method's weights over every combination "
         f"its formula has of {'; '.join(grids)}. A candidate with every weight 0 is the plain "
         "model's own decode, so no selected method scores below `none` on validation. Test is "

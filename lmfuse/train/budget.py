@@ -1,10 +1,11 @@
-"""How long a run trains: a step budget (or one in epochs), early stopping on validation loss,
-and the record a run leaves at its workdir's root.
+"""How long a run trains: a step budget (or one in epochs), early stopping on a validation
+metric, and the record a run leaves at its workdir's root.
 
     train.epochs > 0    budget = ceil(epochs * steps_per_epoch), steps_per_epoch = the rows one
                         pass of the training pipeline makes (packed rows if data.pack, else
                         examples kept) / the rows of a step; else budget = train.steps
-    train.patience > 0  stop once the validation nll has not beaten its best by more than
+    train.patience > 0  stop once train.stop_metric (validation nll, or the BLEU / chrF of the
+                        validation sample) has not beaten its best by more than
                         train.min_delta for `patience` evaluations in a row
     training.json       steps, epochs and wall seconds done, the budget, early stopping:
                         `training_record(workdir)` reads it
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     import orbax.checkpoint as ocp
 
 RECORD = "training.json"
+# Early-stopping metrics and whether higher is better: the loss from every evaluation, the
+# scores from the translation hook (`lmfuse.evaluate.validation`).
+STOP_METRICS = {"nll": False, "bleu": True, "chrf": True}
 
 
 def check_config(train_cfg: ml_collections.ConfigDict) -> None:
@@ -68,9 +72,24 @@ def check_config(train_cfg: ml_collections.ConfigDict) -> None:
     if train_cfg.patience < 0 or train_cfg.min_delta < 0:
         raise LmfuseError(f"train.patience={train_cfg.patience} and train.min_delta="
                           f"{train_cfg.min_delta} must be >= 0 (patience 0: no early stopping)")
+    if train_cfg.stop_metric not in STOP_METRICS:
+        raise LmfuseError(f"train.stop_metric={train_cfg.stop_metric!r} is not one of "
+                          f"{', '.join(STOP_METRICS)}")
     if train_cfg.patience and train_cfg.eval_every <= 0:
         raise LmfuseError(f"train.patience={train_cfg.patience} needs validation evaluations: "
                           "set train.eval_every > 0, or train.patience=0")
+
+
+def stop_metric(train_cfg: ml_collections.ConfigDict, scored: bool) -> str:
+    """train.stop_metric, refused in one line when the run's evaluations cannot give it: BLEU
+    and chrF come from the translation hook (`scored`), which only encoder-decoders on a
+    translate view with train.eval_translate_sample > 0 get."""
+    metric = train_cfg.stop_metric
+    if metric != "nll" and train_cfg.eval_every and not scored:  # without evaluations: unread
+        raise LmfuseError(f"train.stop_metric={metric} needs {metric} at each evaluation, which "
+                          "only an encoder-decoder on a translate view with "
+                          "train.eval_translate_sample > 0 gets; set train.stop_metric=nll")
+    return metric
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +134,7 @@ class Progress:
     """What a checkpoint keeps of the run besides its state (stored as JSON)."""
 
     wall_seconds: float = 0.0  # time in the loop up to this checkpoint, summed over resumes
-    best_loss: float | None = None  # the best validation nll so far, and its step
+    best_value: float | None = None  # the best value of train.stop_metric so far, and its step
     best_step: int | None = None
     evals_since_best: int = 0
     stopped_early: bool = False
@@ -123,6 +142,8 @@ class Progress:
     @classmethod
     def from_json(cls, stored: dict) -> Progress:
         fields = {f.name for f in dataclasses.fields(cls)}
+        if "best_loss" in stored:  # saved when only the nll stopped runs
+            stored = {**stored, "best_value": stored["best_loss"]}
         return cls(**{k: v for k, v in stored.items() if k in fields})
 
     @classmethod
@@ -130,16 +151,20 @@ class Progress:
         """The progress saved with checkpoint `step` (the defaults if it was saved without)."""
         return cls.from_json(checkpoint.read_progress(manager, step))
 
-    def observe(self, step: int, loss: float, patience: int, min_delta: float) -> None:
-        """Takes one evaluation's validation nll; sets `stopped_early` when patience runs out."""
-        if self.best_loss is None or loss < self.best_loss - min_delta:
-            self.best_loss, self.best_step, self.evals_since_best = float(loss), step, 0
+    def observe(self, step: int, result: dict, train_cfg: ml_collections.ConfigDict) -> None:
+        """Takes one evaluation's metrics; tracks the best train.stop_metric and sets
+        `stopped_early` once it has not improved by train.min_delta for train.patience
+        evaluations."""
+        value = float(result[train_cfg.stop_metric])
+        sign = -1.0 if STOP_METRICS[train_cfg.stop_metric] else 1.0  # as a loss: lower is better
+        if self.best_value is None or sign * value < sign * self.best_value - train_cfg.min_delta:
+            self.best_value, self.best_step, self.evals_since_best = value, step, 0
         else:
             self.evals_since_best += 1
-        self.stopped_early = 0 < patience <= self.evals_since_best
+        self.stopped_early = 0 < train_cfg.patience <= self.evals_since_best
 
 
-def record(budget: Budget, step: int, progress: Progress) -> dict:
+def record(budget: Budget, step: int, progress: Progress, stop_metric: str = "nll") -> dict:
     """The run as training.json holds it (and `train` returns it)."""
     per_epoch = budget.steps_per_epoch
     return {
@@ -151,8 +176,9 @@ def record(budget: Budget, step: int, progress: Progress) -> dict:
         "steps_per_epoch": per_epoch,
         "rows_per_epoch": budget.rows_per_epoch,
         "wall_seconds": progress.wall_seconds,
+        "stop_metric": stop_metric,
         "best_validation_step": progress.best_step,
-        "best_validation_loss": progress.best_loss,
+        "best_validation_value": progress.best_value,
     }
 
 
@@ -164,8 +190,9 @@ def describe(record: dict) -> str:
     if record.get("wall_seconds") is not None:
         text += f", {record['wall_seconds']:.0f}s"
     if record.get("stopped_early"):
-        text += (f", stopped early (best validation loss {record['best_validation_loss']:.4f} "
-                 f"at step {record['best_validation_step']})")
+        metric = record.get("stop_metric", "nll")
+        text += (f", stopped early (best validation {metric} "
+                 f"{record['best_validation_value']:.4f} at step {record['best_validation_step']})")
     return text
 
 
@@ -181,13 +208,13 @@ def training_record(workdir: str | Path) -> dict | None:
     (the budget is spent or the run stopped early), `stopped_early`, `epochs`, `steps_per_epoch`
     and `rows_per_epoch` (None unless train.epochs > 0), `wall_seconds` (time in the training
     loop up to the last checkpoint, summed over resumes; None for a checkpoint saved before
-    runs kept it), `best_validation_step` and `best_validation_loss` (None without
-    evaluations)."""
+    runs kept it), `stop_metric`, and `best_validation_step` and `best_validation_value` (the
+    best of that metric; None without evaluations)."""
     path = Path(workdir) / RECORD
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def finished(workdir: str | Path, budget: Budget) -> dict | None:
+def finished(workdir: str | Path, budget: Budget, stop_metric: str = "nll") -> dict | None:
     """The record of a workdir that has nothing left to train under `budget` (written to
     training.json and printed on the main process), else None."""
     if not checkpoint.checkpoint_dir(workdir).is_dir():
@@ -198,7 +225,7 @@ def finished(workdir: str | Path, budget: Budget) -> dict | None:
         if step is None:
             return None
         stored = checkpoint.read_progress(manager, step)
-        done = record(budget, step, Progress.from_json(stored))
+        done = record(budget, step, Progress.from_json(stored), stop_metric)
         if not done["finished"]:
             return None
         checkpoint.verify(manager, step)  # a finished run's arrays are read once more, here only
@@ -212,3 +239,23 @@ def finished(workdir: str | Path, budget: Budget) -> dict | None:
         write_record(workdir, done)
         print(f"{workdir} is finished ({describe(done)}); nothing to train")
     return done
+
+
+def print_summary(summary: dict, workdir: Path) -> None:
+    """The line `train` ends with: the record, the last training and validation metrics."""
+    if summary["stopped_by_sigterm"]:
+        print(f"SIGTERM: saved a checkpoint at step {summary['step']} in {workdir}; "
+              "run the same command to resume")
+        return
+    train = summary.get("train") or {}
+    line = f"done: {describe(summary)}, {summary['num_params']:,} params"
+    if train:
+        line += f", train loss {train['loss']:.4f}, {train['tokens_per_sec']:.0f} tokens/s"
+    validation = summary.get("validation") or {}
+    if validation:
+        line += f", validation ppl {validation['perplexity']:.2f}"
+    if validation.get("bleu") is not None:
+        line += f", BLEU {validation['bleu']:.2f} (sample)"
+    if summary.get("compile_seconds") is not None:
+        line += f", first step (compile) {summary['compile_seconds']:.1f}s"
+    print(line)

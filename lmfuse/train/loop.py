@@ -8,7 +8,8 @@
       -> every log_every: metrics to TensorBoard / metrics.jsonl / progress bar (one host sync)
       -> every eval_every (and at the last step): validation perplexity plus what the
          `extra_eval` hook adds (`lmfuse train`: BLEU, chrF of an encoder-decoder); early
-         stopping (train.patience) on the eval_every ones; every checkpoint_every: checkpoint
+         stopping (train.patience, on train.stop_metric) on the eval_every ones; every
+         checkpoint_every: checkpoint
       -> until the budget (train.steps or train.epochs) is spent or patience runs out: a final
          checkpoint and <workdir>/training.json (`lmfuse.train.budget`, `training_record`)
 
@@ -66,11 +67,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
     checkpoint; returns the run's record (as training.json holds it) and its last metrics.
     `extra_eval` adds metrics to every validation evaluation (run on every process)."""
     check_config(config)  # every check that needs no data, before anything is written
+    stop_metric = budget.stop_metric(config.train, scored=extra_eval is not None)
     workdir = Path(workdir)
     tokenizer = corpora.prepare(config)
     workdir.mkdir(parents=True, exist_ok=True)  # after the data: a data error leaves no workdir
     plan = budget.step_budget(config, tokenizer)
-    done = budget.finished(workdir, plan)  # nothing left to train: says so, returns its record
+    done = budget.finished(workdir, plan, stop_metric)  # nothing to train: says so, returns it
     if done is not None:
         return done
     trainer = build_trainer(config, tokenizer, total_steps=plan.steps)
@@ -146,7 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                     last_time = time.perf_counter()
                 at_log = step % train_cfg.log_every == 0
                 on_grid = train_cfg.eval_every and step % train_cfg.eval_every == 0
-                # And the last step: a budget off the eval grid still ends with a validation point.
+                # The last step too: a budget off the eval grid still ends with a validation point.
                 at_eval = train_cfg.eval_every and (on_grid or step == plan.steps)
                 at_ckpt = step % train_cfg.checkpoint_every == 0
                 if at_log or at_eval or at_ckpt or step == plan.steps:
@@ -159,7 +161,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
                     summary["validation"] = result
                     last_time = time.perf_counter()  # tokens/s counts training time only
                 if on_grid:  # the every-eval_every evaluations only: a resume stops alike
-                    run.observe(step, result["nll"], train_cfg.patience, train_cfg.min_delta)
+                    run.observe(step, result, train_cfg)
                 if at_ckpt:
                     save()
             summary["train"] = flush_metrics() or summary.get("train")
@@ -173,28 +175,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, progress: bool
         log.close()
         manager.close()
 
-    summary.update(budget.record(plan, step, run), step=step, compile_seconds=compile_seconds,
+    done = budget.record(plan, step, run, stop_metric)
+    summary.update(done, step=step, compile_seconds=compile_seconds,
                    num_params=trainer.num_params, stopped_by_sigterm=stop.raised)
     if is_main:
-        budget.write_record(workdir, budget.record(plan, step, run))
-        _print_summary(summary, workdir)
+        budget.write_record(workdir, done)
+        budget.print_summary(summary, workdir)
     return summary
-
-
-def _print_summary(summary: dict, workdir: Path) -> None:
-    if summary["stopped_by_sigterm"]:
-        print(f"SIGTERM: saved a checkpoint at step {summary['step']} in {workdir}; "
-              "run the same command to resume")
-        return
-    train = summary.get("train") or {}
-    line = f"done: {budget.describe(summary)}, {summary['num_params']:,} params"
-    if train:
-        line += f", train loss {train['loss']:.4f}, {train['tokens_per_sec']:.0f} tokens/s"
-    validation = summary.get("validation") or {}
-    if validation:
-        line += f", validation ppl {validation['perplexity']:.2f}"
-    if validation.get("bleu") is not None:
-        line += f", BLEU {validation['bleu']:.2f} (sample)"
-    if summary.get("compile_seconds") is not None:
-        line += f", first step (compile) {summary['compile_seconds']:.1f}s"
-    print(line)

@@ -1,5 +1,5 @@
-"""Budgets in epochs, early stopping on validation loss (also across a resume), and the
-training record a run leaves in its workdir."""
+"""Budgets in epochs, early stopping on validation loss or BLEU (also across a resume), and
+the training record a run leaves in its workdir."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import tiny_lm_overrides, tiny_lm_spec
+from conftest import tiny_lm_overrides, tiny_lm_spec, tiny_s2s_overrides
 
 from lmfuse.config import load_config
 from lmfuse.data import corpora
 from lmfuse.errors import LmfuseError
+from lmfuse.evaluate.validation import translation_hook
 from lmfuse.train import budget
 from lmfuse.train.loop import train, training_record
 from lmfuse.train.optim import build_schedule
@@ -125,7 +126,7 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_stops(text_corpus, tmp_p
     resumed = train(tiny_config(text_corpus, **{**FADING, "train.steps": 80}), tmp_path,
                     progress=False)
     assert resumed["start_step"] == 30
-    for key in ("steps", "stopped_early", "best_validation_step", "best_validation_loss"):
+    for key in ("steps", "stopped_early", "best_validation_step", "best_validation_value"):
         assert resumed[key] == straight[key]
     assert digest(tmp_path) == straight_digest
     assert resumed["wall_seconds"] > first["wall_seconds"]  # summed over both runs
@@ -140,3 +141,48 @@ def test_patience_without_evaluations_is_a_one_line_error(text_corpus, tmp_path)
     with pytest.raises(LmfuseError, match="train.epochs=-1.0 must be >= 0"):
         train(tiny_config(text_corpus, **{"train.epochs": -1.0}), tmp_path, progress=False)
     assert training_record(tmp_path) is None
+
+
+def test_a_score_stops_when_it_stops_rising():
+    # BLEU is higher-is-better: 12.5 at step 40 is the best; two evaluations without beating
+    # it by more than min_delta=0.2 stop the run (12.6 at step 50 is within min_delta).
+    train_cfg = load_config("configs/s2s_transformer.py:tiny").train
+    train_cfg.update(stop_metric="bleu", patience=2, min_delta=0.2)
+    run = budget.Progress()
+    for step, bleu in ((10, 10.0), (20, 12.0), (30, 11.0), (40, 12.5), (50, 12.6)):
+        run.observe(step, {"bleu": bleu, "nll": 1.0}, train_cfg)
+        assert not run.stopped_early
+    run.observe(60, {"bleu": 12.4, "nll": 1.0}, train_cfg)
+    assert run.stopped_early and (run.best_step, run.best_value) == (40, 12.5)
+    # A checkpoint saved when only the nll stopped runs keeps its best under the old name.
+    assert budget.Progress.from_json({"best_loss": 2.5, "best_step": 7}).best_value == 2.5
+
+
+def test_early_stopping_on_validation_bleu_of_an_encoder_decoder(pair_corpus, tmp_path):
+    # An unchanging model (learning rate 1e-30) never raises its sample BLEU: stopped after
+    # `patience` evaluations, the first being best; the record names the metric.
+    config = load_config("configs/s2s_transformer.py:tiny", tiny_s2s_overrides(pair_corpus, **{
+        "train.steps": 40, "train.eval_every": 5, "train.patience": 2,
+        "train.stop_metric": "bleu", "train.eval_translate_sample": 8,
+        "optimizer.schedule": "constant", "optimizer.learning_rate": 1e-30}))
+    summary = train(config, tmp_path, progress=False, extra_eval=translation_hook(config))
+    assert summary["steps"] == 15 and summary["stopped_early"]
+    assert summary["stop_metric"] == "bleu" and summary["best_validation_step"] == 5
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    bleu = [row["bleu"] for row in rows if row["split"] == "validation"]
+    assert summary["best_validation_value"] == bleu[0] and len(bleu) == 3
+    assert training_record(tmp_path)["stop_metric"] == "bleu"
+
+
+@pytest.mark.parametrize("metric, match", [
+    ("bleu", "train.stop_metric=bleu needs bleu at each evaluation"),
+    ("loss", "train.stop_metric='loss' is not one of nll, bleu, chrf"),
+])
+def test_a_stop_metric_the_run_cannot_give_is_a_one_line_error(text_corpus, tmp_path, metric,
+                                                                match):
+    # An LM's evaluations have no BLEU; either way nothing is written.
+    config = tiny_config(text_corpus, **{"train.stop_metric": metric, "train.eval_every": 5})
+    with pytest.raises(LmfuseError, match=match) as error:
+        train(config, tmp_path, progress=False)
+    assert "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir())
