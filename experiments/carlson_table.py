@@ -12,10 +12,11 @@ experiments/results/carlson_table.{md,csv} (--results); both list every `lmfuse 
 
 Rows, in the paper's order: KJV→ASV, public→ASV, BBE→ASV, YLT→BBE, public→BBE, YLT→ASV, on
 their split (`public`: every other English version paired with the target, verse by verse).
-Systems: `none`, the row's encoder-decoder alone, and `shallow`, the same checkpoint with a
+Systems: `none`, the row's encoder-decoder alone; `shallow`, the same checkpoint with a
 Transformer LM of the target version's train text fused in beam search, λ (and the length
-reward β) chosen on validation BLEU over grids that hold 0. Models, as `lmfuse train` runs
-(workdirs under the study's workdir):
+reward β) chosen on validation BLEU over grids that hold 0; and `deep`, deep fusion of the same
+LM fine-tuned from that checkpoint (the fusion study's trained method that gained on every
+seed). Models, as `lmfuse train` runs (workdirs under the study's workdir):
 
     s2s_<row>       the row's encoder-decoder: configs/carlson/<row>.py (budget gpu: 3-layer
                     bi-LSTM with attention), or configs/s2s_transformer.py:tiny (budget cpu)
@@ -23,6 +24,8 @@ reward β) chosen on validation BLEU over grids that hold 0. Models, as `lmfuse 
                     seed n, --seeds)
     lm_<target>     configs/lm_transformer.py on the target version's train text
                     (data.versions=<target>): one per target version, shared by its rows
+    deep_<row>      configs/s2s_*.py with fusion.method=deep, from s2s_<row>'s chosen
+                    checkpoint (fusion.s2s_step) and lm_<target>
 
 The protocol is `lmfuse.evaluate.protocol`'s: choices read a seeded validation sample over
 every book (--val_sample; budget gpu: the whole split), test is a seeded sample of
@@ -59,6 +62,7 @@ from lib.shared_models import (
     user_config,
     user_overrides,
 )
+from lib.trained_fusion import fusion_overrides, recipe, trained_fusion_cell
 
 NAME = "carlson_table"
 
@@ -71,40 +75,57 @@ ROWS = {
     "public_bbe": ("public", "bbe"),
     "ylt_asv": ("ylt", "asv"),
 }
-METHODS = ("none", "shallow")
+METHODS = ("none", "shallow", "deep")
+TRAINED = ("deep",)  # the fusion study's best trained method
 
-# Every size of both budgets, in one place. `cpu`: 6 tiny encoder-decoders, 2 tiny LMs (ASV,
-# BBE); per row a 500-pair validation decode for each of 4 λ and a 1000-pair test decode for
-# each system: a few hours on a 2-core CPU. `gpu`: the configs as they are (s2s 40k steps, LM
-# 20k steps) and the full splits.
+# Every size of both budgets, in one place. `cpu`: 6 tiny encoder-decoders with a copy output,
+# each up to 1,200 steps (about 30 minutes here; a public row's 165k pairs are less than one
+# epoch of them), stopped once the BLEU of 200 validation pairs (every 150 steps) has not
+# improved 3 times in a row; 2 tiny LMs (ASV, BBE) of 2,000 steps; deep fusion 100 steps from
+# each row's chosen checkpoint; every test split whole: several hours on a 2-core CPU, a row at
+# a time (--rows). `gpu`: the configs as they are (s2s 40k steps, LM 20k steps).
 SIZES = {
     "cpu": {
         "s2s_config": "configs/s2s_transformer.py:tiny",  # data.source / target set per row
         "lm_config": "configs/lm_transformer.py:tiny",
-        "s2s_steps": 400,
-        "lm_steps": 300,
+        "fusion_variant": "tiny",  # configs/fusion.py:<method>,tiny
+        "s2s_steps": 1200,
+        "patience": 3,
+        "eval_every": 150,
+        "stop_metric": "bleu",
+        "eval_translate_sample": 200,
+        "copy_source": True,  # style transfer keeps most words: a copy output (pointer-generator)
+        "s2s_dropout": 0.1,  # the tiny config has none
+        "lm_steps": 2000,  # configs/lm_transformer.py:tiny, about 7 minutes here
         "lm_seq_len": 96,  # as long as the tiny encoder-decoders' outputs (tiny LM: 64)
+        "deep_steps": 100,
         "beam_size": 4,
     },
     "gpu": {
         "s2s_config": "configs/carlson/{row}.py",
         "lm_config": "configs/lm_transformer.py",
+        "fusion_variant": None,
         "s2s_steps": 0,  # 0: the config's
         "lm_steps": 0,
         "lm_seq_len": 0,  # 0: the config's (128, as the encoder-decoders)
         "beam_size": 0,  # 0: the config's (4)
-        "s2s_epochs": 30,  # up to 30 epochs, stopped when validation loss stops improving
+        "s2s_epochs": 30,  # up to 30 epochs, stopped when validation BLEU stops improving
         "patience": 5,
         "eval_every": 500,
+        "stop_metric": "bleu",
+        "eval_translate_sample": 500,
+        "copy_source": True,  # the paper's attention models, with a copy output
+        "s2s_dropout": None,  # None: the config's
+        "deep_steps": 0,  # 0: the fusion config's
     },
 }
 
 # The protocol's settings per budget (the command line changes them); 0 joins each grid.
 PROTOCOL = {
-    "lambdas": {"cpu": (0.1, 0.2, 0.3), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
+    "lambdas": {"cpu": (0.1, 0.2, 0.3, 0.5, 0.8), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
     "length_rewards": {"cpu": (), "gpu": (0.5, 1.0)},
     "val_sample": {"cpu": 500, "gpu": 0},
-    "test_sample": {"cpu": 1000, "gpu": 0},
+    "test_sample": {"cpu": 0, "gpu": 0},
     "sample_seed": {"cpu": 0, "gpu": 0},
     "seeds": {"cpu": (0,), "gpu": (0, 1, 2)},
     "checkpoints": {"cpu": 1, "gpu": 4},
@@ -125,6 +146,8 @@ class Plan:
 
     s2s_config: str  # '{row}' is replaced by the row's key, e.g. 'configs/carlson/{row}.py'
     lm_config: str
+    fusion_variant: str | None  # of configs/fusion.py:<method>, for trained fusion's recipe
+    method_steps: dict[str, int]  # train.steps of deep fusion (0: its config's)
     lm_overrides: tuple[str, ...]
     s2s_overrides: tuple[str, ...]
     checkpoints: int  # kept per encoder-decoder, chosen among on validation BLEU
@@ -136,13 +159,23 @@ class Plan:
     def s2s_spec(self, row: str) -> str:
         return self.s2s_config.format(row=row)
 
+    def fusion_spec(self, method: str) -> str:
+        variant = f",{self.fusion_variant}" if self.fusion_variant else ""
+        return f"configs/fusion.py:{method}{variant}"
+
 
 def plan(budget: str, settings: dict[str, Any]) -> Plan:
     sizes = SIZES[budget]
     s2s, lm = size_overrides(budget, sizes)
+    if sizes["copy_source"]:
+        s2s += (override("model.copy_source", True),)
+    if sizes["s2s_dropout"] is not None:
+        s2s += (override("model.dropout", sizes["s2s_dropout"]),)
     return Plan(
         s2s_config=sizes["s2s_config"],
         lm_config=sizes["lm_config"],
+        fusion_variant=sizes["fusion_variant"],
+        method_steps={"deep": sizes["deep_steps"]},
         lm_overrides=lm,
         s2s_overrides=s2s,
         checkpoints=settings["checkpoints"],
@@ -158,17 +191,25 @@ def plan(budget: str, settings: dict[str, Any]) -> Plan:
 # The runs: configs and overrides (budget sizes, then the user's, then what defines the run)
 
 
-def s2s_run(ctx: RunContext, plan: Plan, row: str, seed: int = 0) -> TrainRun:
-    """The row's encoder-decoder, trained with `seed` (0: the config's own)."""
+def s2s_run(ctx: RunContext, plan: Plan, row: str, seed: int = 0, method: str = "none",
+            base_step: int = 0) -> TrainRun:
+    """The row's encoder-decoder, trained with `seed` (0: the config's own); or (`method`) a
+    trained fusion of it with the row's LM, from its checkpoint `base_step`."""
     spec = plan.s2s_spec(row)
     base = plan.s2s_overrides
+    if method in TRAINED:
+        base += recipe(plan.fusion_spec(method), method, plan.method_steps.get(method, 0))
     user = user_overrides(ctx, spec, base)
     source, target = ROWS[row]
     defining = (override("data.source", source), override("data.target", target),
                 *([override("seed", seed)] if seed else []))
+    if method in TRAINED:
+        defining += fusion_overrides(method, lm_run(ctx, plan, row).workdir,
+                                     s2s_run(ctx, plan, row, seed).workdir, base_step)
     overrides = (*base, *cadence(spec, (*base, *user), plan.checkpoints), *user,
                  *pin_tokenizer(_data(ctx, plan, row)), *defining)
-    return TrainRun(spec, str(ctx.workdir / f"s2s_{row}{f'_s{seed}' if seed else ''}"),
+    name = "s2s" if method == "none" else method
+    return TrainRun(spec, str(ctx.workdir / f"{name}_{row}{f'_s{seed}' if seed else ''}"),
                     overrides)
 
 
@@ -198,8 +239,13 @@ def describe_task(plan: Plan, rows: Sequence[str], ctx: RunContext) -> str:
     """The data in words."""
     data = user_config(ctx, plan.s2s_spec(rows[0]), plan.s2s_overrides).data
     if data.corpus == "bible":
+        brackets = ("kept, brackets included" if data.keep_brackets else
+                    "dropped, their words kept")
         return ("Bible style transfer on Carlson et al. 2018's split (translate view); "
-                "'public' pairs every other English version with the target, verse by verse")
+                "'public' pairs every other English version with the target, verse by verse, "
+                "so a public row's test set holds each test verse once per other version; "
+                f"KJV's [bracketed] italics (KJV→ASV and the public rows) are {brackets} "
+                "(data.keep_brackets)")
     return f"{data.corpus} corpus, translate view (train {data.files.train}), for every row"
 
 
@@ -240,7 +286,14 @@ def _cell_function(plan: Plan, row: str, method: str, seed: int):
         return decode_time_cell(ctx, evaluation(ctx), s2s_run(ctx, plan, row, seed), lm, method,
                                 plan.grids, cell_key(row, method, seed))
 
-    return plain if method == "none" else fused
+    def trained(ctx: RunContext) -> dict[str, Any]:
+        lm = trained_lm(ctx, lm_run(ctx, plan, row))
+        return trained_fusion_cell(
+            ctx, evaluation(ctx), s2s_run(ctx, plan, row, seed),
+            lambda step: s2s_run(ctx, plan, row, seed, method, step), method, lm,
+            cell_key(row, method, seed))
+
+    return plain if method == "none" else trained if method in TRAINED else fused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +311,8 @@ COLUMNS = ("row", "source", "target", "method", "seed", "status", "step", "weigh
            "test_pinc", "test_chrf", "test_length_ratio", "copy_bleu", "copy_pinc", "val_bleu",
            "lm_perplexity", "test_sentences", "train_steps", "train_epochs", "wall_seconds",
            "bleu_signature", "device", "budget", "date", "error", "commands")
-SYSTEMS = {"none": "seq2seq", "shallow": "seq2seq + LM (shallow fusion)"}
+SYSTEMS = {"none": "seq2seq", "shallow": "seq2seq + LM (shallow fusion)",
+           "deep": "seq2seq + LM (deep fusion)"}
 
 
 def write_report(report: Report, task: str) -> list[Path]:
@@ -310,7 +364,9 @@ def markdown(report: Report, task: str) -> str:
         *tables.header_lines(report),
         "- Systems: `none` is the row's encoder-decoder alone; `shallow` adds λ times the "
         "log-probabilities of a Transformer LM of the target version's training text (and β "
-        "per output token) in beam search.",
+        "per output token) in beam search; `deep` fine-tunes a gate and output layer over "
+        "the encoder-decoder's and the frozen LM's states (Gulcehre et al. 2015), starting "
+        "from the encoder-decoder's chosen checkpoint.",
         *tables.protocol_lines(report),
         "- copy BLEU / copy PINC: the source copied as the output (PINC 0 by definition), the "
         "baseline a style-transfer model has to beat.",

@@ -69,16 +69,8 @@ from typing import Any
 import ml_collections
 from lib import runner, tables
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
-from lib.runs import TrainRun, ensure_trained, override, size_overrides
-from lib.scoring import (
-    Evaluation,
-    chosen_checkpoint,
-    decode_time_cell,
-    finish,
-    plain_cell,
-    point,
-    selection,
-)
+from lib.runs import TrainRun, override, size_overrides
+from lib.scoring import Evaluation, chosen_checkpoint, decode_time_cell, plain_cell
 from lib.shared_models import (
     cadence,
     check_user_overrides,
@@ -90,6 +82,7 @@ from lib.shared_models import (
     user_config,
     user_overrides,
 )
+from lib.trained_fusion import fusion_overrides, recipe, trained_fusion_cell
 
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate import protocol
@@ -98,7 +91,6 @@ NAME = "fusion_ablation"
 
 DECODE_TIME = ("shallow", "density_ratio", "ilme", "rescore")
 TRAINED = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear", "lm_prior")
-PRETRAINED_S2S = ("deep", "linear")  # start from the plain encoder-decoder
 METHODS = ("none", *DECODE_TIME, *TRAINED)
 BACKBONES = {"transformer": "configs/s2s_transformer.py", "rnn": "configs/s2s_rnn.py"}
 LM_CONFIG = "configs/lm_transformer.py"
@@ -253,40 +245,22 @@ def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     spec = plan.spec(BACKBONES[backbone])
     base = plan.s2s_overrides
     if method in TRAINED:
-        base += _recipe(plan, method)
+        base += recipe(plan.spec(f"configs/fusion.py:{method}"), method,
+                       plan.method_steps.get(method, 0))
     base += _scaled_steps(plan, spec, backbone, base)
     user = user_overrides(ctx, spec, base)
     defining = [override("data.train_fraction", percent / 100)]
     if seed:
         defining.append(override("seed", seed))
     if method in TRAINED:
-        defining += [override("fusion.method", method),
-                     override("fusion.lm_workdir", lm_run(ctx, plan, None).workdir)]
-        if method in PRETRAINED_S2S:
-            defining.append(override("fusion.s2s_workdir",
-                                     s2s_run(ctx, plan, percent, backbone, seed=seed).workdir))
-            if base_step:
-                defining.append(override("fusion.s2s_step", base_step))
+        defining += fusion_overrides(method, lm_run(ctx, plan, None).workdir,
+                                     s2s_run(ctx, plan, percent, backbone, seed=seed).workdir,
+                                     base_step)
     name = f"s2s_{backbone}" if method == "none" else f"{method}_{backbone}"
     overrides = (*base, *cadence(spec, (*base, *user), plan.checkpoints), *user,
                  *pin_tokenizer(_data(ctx, plan)), *defining)
     workdir = ctx.workdir / f"{name}_{fraction_label(percent)}{seed_suffix(seed, '_')}"
     return TrainRun(spec, str(workdir), overrides)
-
-
-def _recipe(plan: Plan, method: str) -> tuple[str, ...]:
-    """Deep and linear fusion train a few weights on a trained model: their configs' learning
-    rate and the plan's steps. Cold and simple fusion train like the plain model."""
-    if method not in PRETRAINED_S2S:
-        return ()
-    from lmfuse.config import load_config
-
-    rate = load_config(plan.spec(f"configs/fusion.py:{method}")).optimizer.learning_rate
-    steps = plan.method_steps.get(method, 0)
-    # A budget's fine-tuning steps replace the epoch budget (and its early stopping).
-    budget = (override("train.steps", steps), override("train.epochs", 0),
-              override("train.patience", 0), override("train.eval_every", 0)) if steps else ()
-    return (override("optimizer.learning_rate", rate), *budget)
 
 
 def _scaled_steps(plan: Plan, spec: str, backbone: str, base: tuple[str, ...]
@@ -397,22 +371,11 @@ def _decode_time_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str
 def _trained_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
                   method: str, seed: int) -> dict[str, Any]:
     lm = trained_lm(ctx, lm_run(ctx, plan, None))
-    commands = [lm["command"]]
-    base = s2s_run(ctx, plan, percent, backbone, seed=seed)  # `none`: the row's baseline
-    evaluation = _evaluation(ctx, plan)
-    base_step = chosen_checkpoint(ctx, evaluation, base)["step"]
-    if method in PRETRAINED_S2S:
-        commands.append(base.command())
-    run = s2s_run(ctx, plan, percent, backbone, method, seed,
-                  base_step if method in PRETRAINED_S2S else 0)
-    ensure_trained(run)  # the cell's own training
-    chosen = selection(ctx, evaluation, run)
-    values = finish(ctx, evaluation, run, chosen["step"], None,
-                    point(chosen["points"], "step", chosen["step"]), chosen["points"],
-                    [*commands, run.command()], key=cell_key(percent, backbone, method, seed),
-                    baseline=base)
-    values["lm_perplexity"] = lm["perplexity"]
-    return values
+    base = s2s_run(ctx, plan, percent, backbone, seed=seed)
+    return trained_fusion_cell(
+        ctx, _evaluation(ctx, plan), base,
+        lambda step: s2s_run(ctx, plan, percent, backbone, method, seed, step), method, lm,
+        cell_key(percent, backbone, method, seed))
 
 
 def describe_task(plan: Plan, ctx: RunContext) -> str:

@@ -85,6 +85,7 @@ def check_overrides_apply(overrides: Sequence[str], configs: Sequence[ml_collect
 def ensure_trained(run: TrainRun) -> dict[str, Any]:
     """Trains `run` unless its workdir is finished (its step budget spent, or stopped early on
     validation): {'trained_seconds', 'steps' (kept)}."""
+    from lmfuse.evaluate.validation import translation_hook
     from lmfuse.train.loop import train, training_record
 
     config = run.load()
@@ -93,7 +94,8 @@ def ensure_trained(run: TrainRun) -> dict[str, Any]:
         _check_same_config(run, config)
     if not _finished(run.workdir, steps, config):
         start = time.perf_counter()
-        train(config, run.workdir, progress=False)
+        # As `lmfuse train` does (the command the study records): BLEU at each evaluation.
+        train(config, run.workdir, progress=False, extra_eval=translation_hook(config))
         steps = kept_steps(run.workdir)
         if not _finished(run.workdir, steps, config):  # SIGTERM: saved, not finished
             record = training_record(run.workdir) or {}
@@ -131,13 +133,18 @@ def kept_steps(workdir: str | Path) -> list[int]:
 
 
 def _check_same_config(run: TrainRun, config: ml_collections.ConfigDict) -> None:
+    from lmfuse.schema import base_config, decode_config
     from lmfuse.train.workdir import load_workdir_config
 
     stored = _flat(json.loads(load_workdir_config(run.workdir).to_json()))
     wanted = _flat(json.loads(config.to_json()))
+    # A key added to the schema after the workdir was trained: it trained as the default says.
+    defaults = _flat({**base_config().to_dict(), "decode": decode_config().to_dict()})
     for key in sorted(set(stored) | set(wanted)):
         if key.startswith("fusion.lm_model"):
             continue  # filled in from the LM's workdir when fused training starts
+        if key not in stored and key in defaults and wanted.get(key) == defaults[key]:
+            continue
         if stored.get(key) != wanted.get(key):
             raise LmfuseError(
                 f"workdir {run.workdir} was trained with {key}={stored.get(key)!r}, this run has "
@@ -157,8 +164,8 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def size_overrides(budget: str, sizes: Mapping[str, int]
                    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(encoder-decoder, LM) overrides for `s2s_steps`, `lm_steps`, `lm_seq_len`, `beam_size`,
-    and (when `s2s_epochs` > 0) an epoch budget with early stopping: `s2s_epochs`, `patience`,
+    """(encoder-decoder, LM) overrides for `s2s_steps`, `lm_steps`, `lm_seq_len`, `beam_size`;
+    `s2s_epochs` > 0: an epoch budget instead of steps; `patience` > 0: early stopping, with
     `eval_every` (an evaluation every that many steps) and, if given, `stop_metric` (the
     metric it watches; 'nll' if not) with `eval_translate_sample` (the validation pairs
     decoded for BLEU at each evaluation)."""
@@ -167,8 +174,9 @@ def size_overrides(budget: str, sizes: Mapping[str, int]
 
     s2s = steps(sizes["s2s_steps"])
     if sizes.get("s2s_epochs"):
-        s2s += (override("train.epochs", sizes["s2s_epochs"]),
-                override("train.patience", sizes["patience"]),
+        s2s += (override("train.epochs", sizes["s2s_epochs"]),)
+    if sizes.get("patience"):
+        s2s += (override("train.patience", sizes["patience"]),
                 override("train.eval_every", sizes["eval_every"]))
         if sizes.get("stop_metric", "nll") != "nll":
             s2s += (override("train.stop_metric", sizes["stop_metric"]),

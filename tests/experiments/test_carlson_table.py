@@ -15,6 +15,8 @@ from conftest import REPO
 from grid_runs import checkpoint_mtimes, read_csv, run_grid, run_study, tiny_grid_overrides
 from lib import runner
 
+from lmfuse.config import load_config
+
 SCRIPT = "experiments/carlson_table.py"
 LAMBDAS = (0.2, 0.5)
 EPOCHS = 50
@@ -30,7 +32,7 @@ def grid_args(corpus: dict[str, str], root: Path) -> list[str]:
                                                "decode.beam_size": 2,
                                                "optimizer.learning_rate": 1e-9})
     return ["--workdir", str(root / "work"), "--results", str(root / "results"),
-            "--rows", "kjv_asv", "--methods", "none", "shallow",
+            "--rows", "kjv_asv", "--methods", "none", "shallow", "deep",
             "--val_sample", str(SENTENCES), "--test_sample", str(SENTENCES), "--checkpoints",
             "1", "--lambdas", *map(str, LAMBDAS), *overrides]
 
@@ -49,11 +51,11 @@ def table(pair_corpus, tmp_path_factory):
 
 # End to end (about a minute): the fusion ablation's test covers the runner by default.
 @pytest.mark.slow
-def test_both_cells_finish(table):
+def test_every_cell_finishes(table):
     code, out = table["first"]
     assert code == 0 and table["second"][0] == 0
-    assert "[1/2] kjv_asv-none: ok" in out and "[2/2] kjv_asv-shallow: ok" in out
-    assert "carlson_table: 2/2 cells ok" in out
+    assert "[1/3] kjv_asv-none: ok" in out and "[2/3] kjv_asv-shallow: ok" in out
+    assert "[3/3] kjv_asv-deep: ok" in out and "carlson_table: 3/3 cells ok" in out
 
 
 def first_lines(path: str, n: int) -> list[str]:
@@ -61,11 +63,11 @@ def first_lines(path: str, n: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_both_systems_have_real_scores_and_the_copy_baseline(table, pair_corpus):
+def test_every_system_has_real_scores_and_the_copy_baseline(table, pair_corpus):
     from sacrebleu.metrics import BLEU
 
     rows = table["rows"]
-    assert list(rows) == ["none", "shallow"]
+    assert list(rows) == ["none", "shallow", "deep"]
     evaluated = table["root"] / "work" / "eval" / "kjv_asv"
     name = f"test.sample{SENTENCES}.seed0"
     copy_bleu = BLEU().corpus_score(first_lines(evaluated / f"{name}.src", SENTENCES),
@@ -80,13 +82,26 @@ def test_both_systems_have_real_scores_and_the_copy_baseline(table, pair_corpus)
         assert float(row["copy_bleu"]) == pytest.approx(copy_bleu, abs=1e-4)
         assert row["copy_pinc"] == "0" and row["test_sentences"] == str(SENTENCES)
         # Early stopping chose the checkpoint; the row reports the steps and epochs trained.
-        assert row["step"] == str(BEST) and row["train_steps"] == str(STOPPED_AT)
-        assert 0 < float(row["train_epochs"]) < EPOCHS
+        if row["method"] != "deep":  # deep fusion: see the test of its own
+            assert row["step"] == str(BEST) and row["train_steps"] == str(STOPPED_AT)
+            assert 0 < float(row["train_epochs"]) < EPOCHS
         assert row["budget"] == "cpu" and row["date"]
         assert row["bleu_signature"].startswith("nrefs:1|") and row["device"]
         assert "lmfuse train --config configs/s2s_transformer.py:tiny" in row["commands"]
     assert rows["none"]["weights"] == "" and rows["none"]["lm_perplexity"] == ""
     assert math.isfinite(float(rows["shallow"]["lm_perplexity"]))
+    assert rows["deep"]["lm_perplexity"] == rows["shallow"]["lm_perplexity"]  # the same LM
+
+
+@pytest.mark.slow
+def test_deep_fusion_starts_from_the_chosen_checkpoint_and_is_compared_with_none(table):
+    row = table["rows"]["deep"]
+    commands = row["commands"].split(" && ")
+    work = table["root"] / "work"
+    assert f"--workdir {work / 'deep_kjv_asv'}" in commands[-2]
+    assert f"--config.fusion.s2s_workdir={work / 's2s_kjv_asv'}" in commands[-2]
+    assert f"--config.fusion.s2s_step={BEST}" in commands[-2]
+    assert row["delta_none"] and row["p_none"]  # against the row's own `none`
 
 
 @pytest.mark.slow
@@ -123,9 +138,9 @@ def test_the_markdown_table_names_rows_systems_and_provenance(table):
 
 
 @pytest.mark.slow
-def test_a_rerun_skips_both_cells_and_trains_nothing(table):
+def test_a_rerun_skips_every_cell_and_trains_nothing(table):
     out = table["second"][1]
-    assert "[1/2] kjv_asv-none: skipped" in out and "[2/2] kjv_asv-shallow: skipped" in out
+    assert "[1/3] kjv_asv-none: skipped" in out and "[3/3] kjv_asv-deep: skipped" in out
     assert "done: step" not in out
     assert table["mtimes"] and checkpoint_mtimes(table["root"] / "work") == table["mtimes"]
     for method, row in table["rows"].items():
@@ -164,13 +179,36 @@ def test_the_gpu_plan_trains_the_paper_configs_and_one_lm_per_target(tmp_path, m
 def test_the_cpu_plan_sets_each_rows_pair_on_the_tiny_config(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     sizes = carlson_table.SIZES["cpu"]
+    assert carlson_table.defaults("cpu")["test_sample"] == 0  # every test split whole
+    assert 0.0 not in carlson_table.defaults("cpu")["lambdas"]  # added by the protocol
     for row, (s2s, lm) in plan_runs("cpu", tmp_path).items():
         config = s2s.load()
         assert s2s.config == "configs/s2s_transformer.py:tiny"
         assert (config.data.source, config.data.target) == tuple(row.split("_"))
         assert config.train.steps == sizes["s2s_steps"] and lm.config.endswith(":tiny")
+        # Stopped on the BLEU of a validation sample, with every kept checkpoint a candidate.
+        assert (config.train.stop_metric, config.train.patience) == ("bleu", 3)
+        assert config.train.keep_checkpoints == 4 and config.model.copy_source
         assert lm.load().train.steps == sizes["lm_steps"]
         assert lm.load().data.seq_len >= config.data.max_length  # the LM sees whole outputs
+
+
+def test_deep_fusion_fine_tunes_the_rows_chosen_checkpoint_with_its_target_lm(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(REPO)
+    settings = carlson_table.defaults("cpu")
+    plan = carlson_table.plan("cpu", settings)
+    ctx = runner.RunContext(tmp_path, "cpu", settings, ())
+    deep = carlson_table.s2s_run(ctx, plan, "ylt_bbe", 0, "deep", 450)
+    config = deep.load()
+    assert deep.workdir == str(tmp_path / "deep_ylt_bbe")
+    assert config.fusion.method == "deep" and config.fusion.s2s_step == 450
+    assert config.fusion.s2s_workdir == str(tmp_path / "s2s_ylt_bbe")
+    assert config.fusion.lm_workdir == str(tmp_path / "lm_bbe")
+    assert config.train.steps == 100 and config.train.patience == 0
+    assert config.optimizer.learning_rate == pytest.approx(
+        load_config("configs/fusion.py:deep,tiny").optimizer.learning_rate)
+    assert (config.data.source, config.data.target) == ("ylt", "bbe")
 
 
 def test_an_unknown_row_is_an_error_naming_the_rows(tmp_path):
