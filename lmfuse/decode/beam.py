@@ -7,7 +7,9 @@ compete for the K finished slots by the ranking score below, the rest for the K 
 their sum of scores. The decode state (KV cache, RNN carry, anything) is reordered by gathering
 every leaf with the chosen beam indices (`gather_beams`), then stepped once with the new tokens.
 Leaves the step never writes (an encoder's memory and cross-attention keys) are the same in
-every beam of a prompt, so they are not copied (`unchanged_by_step`).
+every beam of a prompt, so they are not copied (`unchanged_by_step`). The loop runs in phases of
+growing cache size (`lmfuse.decode.cache_phases`), so attention and the reordering read only
+about the written prefix of a KV cache, not every slot up to the length limit.
 
 With `no_repeat_ngram_size` n > 0, each live beam's extensions that would repeat an n-gram of
 its own generated tokens get score -inf (`repeated_ngram_ban`, on the per-token scores after
@@ -43,6 +45,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lmfuse.decode.cache_phases import (
+    FIRST_PHASE_TOKENS,
+    grow_slots,
+    phase_lengths,
+    slot_axes,
+)
 from lmfuse.decode.processors import (
     DecodeContext,
     Processor,
@@ -127,6 +135,7 @@ def beam_search(
     suppress_pad: bool = True,
     no_repeat_ngram_size: int = 0,
     row_limits: jax.Array | None = None,
+    first_phase_tokens: int = FIRST_PHASE_TOKENS,
 ) -> BeamOutput:
     """K-best continuations of each prompt in `batch` (see `DecodeStep`), best first.
 
@@ -138,6 +147,8 @@ def beam_search(
     new tokens allowed per prompt (each <= `max_new_tokens`; a translation's limit from its
     source length, fairseq's max_len_a * |x| + max_len_b); a prompt's beams end there, and its
     early-exit bound is taken there, so each prompt's result is independent of its batch.
+    `first_phase_tokens`: new tokens the first cache phase holds (0: one phase, the whole
+    cache from the first step; `lmfuse.decode.cache_phases`).
     """
     if beam_size <= 0 or max_new_tokens <= 0:
         raise ValueError(f"beam_size={beam_size} and max_new_tokens={max_new_tokens} must be positive")
@@ -147,17 +158,20 @@ def beam_search(
         jnp.minimum(jnp.asarray(row_limits, jnp.int32), max_new_tokens))
     return _beam_search(
         decoder, chain, int(beam_size), int(max_new_tokens), ranking_alpha(decoder, alpha),
-        max(int(no_repeat_ngram_size), 0), params, batch,
+        max(int(no_repeat_ngram_size), 0), int(first_phase_tokens), params, batch,
         jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id
         limits,
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos_id, limits):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, first_phase, params, batch, eos_id,
+                 limits):
     prompt = batch["prompt"]
     b, prompt_len = prompt.shape
-    logits, state = decoder.init(params, batch, prompt_len + num_tokens)
+    axes = slot_axes(decoder, params, batch, prompt_len) if first_phase > 0 else None
+    phases = phase_lengths(num_tokens, first_phase) if axes is not None else (num_tokens,)
+    logits, state = decoder.init(params, batch, prompt_len + phases[0])
     vocab = logits.shape[-1]
     logits, state = tile_beams((logits, state), k)
     seen = None  # only a processor that reads it pays for its scatter per step
@@ -228,6 +242,10 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, params, batch, eos
     init = (jnp.asarray(0, jnp.int32), logits, state, seen, live_logprobs, seqs,
             jnp.full((b, k), NEG_INF, jnp.float32), jnp.zeros((b, k), jnp.float32), seqs,
             jnp.zeros((b, k), bool))
-    out = jax.lax.while_loop(cond, body, init)
+    out = init
+    for n, length in enumerate(phases):  # iteration i writes cache slot prompt_len + i
+        out = jax.lax.while_loop(lambda c, length=length: (c[0] < length) & cond(c), body, out)
+        if n + 1 < len(phases):
+            out = (*out[:2], grow_slots(out[2], axes, phases[n + 1] - length), *out[3:])
     fin_scores, fin_logprobs, fin_seqs, fin_flags = out[6:]
     return BeamOutput(fin_seqs, fin_scores, jnp.where(fin_flags, fin_logprobs, NEG_INF), fin_flags)

@@ -4,6 +4,8 @@
   tokens and scores equal a search that reorders every leaf;
 * per-prompt length limits (`row_limits`): each prompt's result equals decoding it alone with
   that limit as `max_new_tokens`, whatever else is in its batch;
+* the search runs in phases of growing cache size (`cache_phases`): tokens and scores equal
+  one phase over the whole cache;
 * `translate_lines` sorts lines by length and pads columns to a bucket width: each output
   equals translating that line alone, in the input order.
 """
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmfuse.decode import beam, beam_search, seq2seq_decode_step
+from lmfuse.decode import beam, beam_search, cache_phases, seq2seq_decode_step
 from lmfuse.evaluate.translation import TranslateOptions, bucket_width, translate_lines
 from lmfuse.models import build_model, model_defaults
 from lmfuse.tokens import BOS_ID, EOS_ID
@@ -131,3 +133,62 @@ def test_new_token_limit_reads_fairseqs_a_and_b_and_never_passes_max_new_tokens(
     options = TranslateOptions(max_new_tokens=50, max_len_a=1.5, max_len_b=10)
     assert [options.new_token_limit(n) for n in (1, 10, 27, 40)] == [12, 25, 50, 50]
     assert TranslateOptions(max_new_tokens=50).new_token_limit(3) == 50  # 0 and 0: no limit
+
+
+def test_phase_lengths_double_from_the_first_and_end_at_the_limit():
+    assert cache_phases.phase_lengths(96) == (16, 32, 64, 96)
+    assert cache_phases.phase_lengths(64) == (16, 32, 64)
+    assert cache_phases.phase_lengths(12) == (12,)
+    assert cache_phases.phase_lengths(12, first=2) == (2, 4, 8, 12)
+    assert cache_phases.phase_lengths(12, first=0) == (12,)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_slot_axes_are_the_cache_slots_and_an_rnn_has_none(name):
+    decoder, params = random_s2s(name, copy_source=True)
+    batch = batch_of(sources(2, 9))
+    axes = cache_phases.slot_axes(decoder, params, batch, prompt_len=1)
+    if name == "s2s_rnn":
+        assert axes is None  # a carry does not grow with the length: one phase
+        return
+    assert axes["cache"]["layers"][0]["k"] == 2  # [B, N, S, H]
+    assert axes["cache"]["segment_ids"] == 1  # [B, S]
+    assert axes["cache"]["layers"][0]["cross_k"] == -1  # the source's, not the target's
+    assert axes["copy"]["memory"] == -1
+
+
+def phased_and_whole(decoder, params, batch, **options):
+    """The same search in phases of 2, 4, 8, ... new tokens and in one phase."""
+    phased = beam_search(decoder, params, batch, first_phase_tokens=2, **options)
+    whole = beam_search(decoder, params, batch, first_phase_tokens=0, **options)
+    return phased, whole
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("copy_source", [False, True])
+def test_cache_phases_decode_what_one_whole_cache_decodes(name, copy_source):
+    decoder, params = random_s2s(name, copy_source=copy_source)
+    inputs = sources(5, 8, seed=3)
+    limits = np.asarray([1, 3, 5, 8, 12], np.int32)  # rows end in different phases
+    phased, whole = phased_and_whole(decoder, params, batch_of(inputs), beam_size=3,
+                                     max_new_tokens=12, row_limits=limits)
+    np.testing.assert_array_equal(phased.tokens, whole.tokens)
+    np.testing.assert_array_equal(phased.finished, whole.finished)
+    np.testing.assert_allclose(phased.scores, whole.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_phases_hold_for_a_shallow_fused_lm_pair_and_an_lm_prompt():
+    from random_models import random_lm
+
+    from lmfuse.decode.fusion import fused_params, fusion_weights, shallow_fusion
+
+    (base, p_base), (lm, p_lm) = random_lm("transformer", 1, VOCAB), random_lm("transformer", 2, VOCAB)
+    decoder = shallow_fusion(base, lm)
+    params = fused_params(p_base, fusion_weights(0.5), lm=p_lm)
+    prompt = jnp.asarray([[BOS_ID, 5, 6], [0, BOS_ID, 7]], jnp.int32)  # one row left-padded
+    axes = cache_phases.slot_axes(decoder, params, {"prompt": prompt}, prompt_len=3)
+    assert axes is not None and {2, 1, -1} == set(jax.tree.leaves(axes))  # both LMs' caches
+    phased, whole = phased_and_whole(decoder, params, {"prompt": prompt}, beam_size=3,
+                                     max_new_tokens=12, eos_id=None)  # every step runs
+    np.testing.assert_array_equal(phased.tokens, whole.tokens)
+    np.testing.assert_allclose(phased.scores, whole.scores, rtol=1e-5, atol=1e-6)

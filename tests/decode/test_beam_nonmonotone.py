@@ -30,8 +30,8 @@ def old_rule(decoder: DecodeStep, params, batch, beam_size: int, max_new_tokens:
              alpha: float = ALPHA, eos_id: int = EOS_ID) -> beam_module.BeamOutput:
     """Beam search as it was: GNMT division by ((5 + len) / 6) ** alpha for every decoder."""
     return beam_module._beam_search(
-        decoder, (SuppressTokens((PAD_ID,)),), beam_size, max_new_tokens, alpha, 0, params,
-        batch, jnp.asarray(eos_id, jnp.int32),  # 0: no n-gram ban
+        decoder, (SuppressTokens((PAD_ID,)),), beam_size, max_new_tokens, alpha, 0, 0,
+        params, batch, jnp.asarray(eos_id, jnp.int32),  # 0, 0: no n-gram ban, one cache phase
         jnp.full((batch["prompt"].shape[0],), max_new_tokens, jnp.int32))  # no per-row limits
 
 

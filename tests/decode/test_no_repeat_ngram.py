@@ -167,8 +167,8 @@ def test_size_zero_traces_no_ban():
     args = (FORCED, chain, sampling_module.Truncation(), False, True, N, 1, table, batch, key, eos)
     assert "repeated_ngram_ban" not in _compiled_text(sampling_module._generate, *args)
     limits = jnp.full((batch["prompt"].shape[0],), N, jnp.int32)
-    beam_args = (FORCED, chain, 2, N, 0.6, 0, table, batch, eos, limits)
+    beam_args = (FORCED, chain, 2, N, 0.6, 0, 16, table, batch, eos, limits)
     assert "repeated_ngram_ban" not in _compiled_text(beam_module._beam_search, *beam_args)
     # The same check sees the ban when it is on.
-    beam_args = (FORCED, chain, 2, N, 0.6, 2, table, batch, eos, limits)
+    beam_args = (FORCED, chain, 2, N, 0.6, 2, 16, table, batch, eos, limits)
     assert "repeated_ngram_ban" in _compiled_text(beam_module._beam_search, *beam_args)

@@ -1,0 +1,76 @@
+"""Decoding in phases of growing cache size, so each step reads only the written prefix.
+
+A Transformer's decode state preallocates a cache for every position it may reach
+(`DecodeStep.init(..., max_len)`), and a step attends over, and beam search reorders, all of
+it, written or not. Most hypotheses end long before `max_len` (a Bible verse's translation in
+a few dozen tokens of a 96-token limit), so most of that work is on empty slots.
+
+Instead the loop runs in phases inside one compiled program: the first phase holds the prompt
+and 16 new tokens, each next one twice as many, the last one all of them. Between phases the
+state's length-dependent leaves (found by comparing the state's shapes at two lengths, so any
+DecodeStep works unchanged) are padded with empty slots. A loop that exits early never reaches
+the larger phases. Contract: an unwritten slot of a state leaf holds zeros, as
+`init_cache` makes it (`lmfuse.decode.step`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lmfuse.decode.step import Batch, DecodeStep
+
+FIRST_PHASE_TOKENS = 16  # new tokens the first phase holds; each next phase doubles it
+
+
+def phase_lengths(num_tokens: int, first: int = FIRST_PHASE_TOKENS) -> tuple[int, ...]:
+    """New-token capacities of the phases: first, 2 first, 4 first, ..., num_tokens
+    (`first` <= 0: one phase of num_tokens)."""
+    lengths = []
+    capacity = first
+    while 0 < capacity < num_tokens:
+        lengths.append(capacity)
+        capacity *= 2
+    return (*lengths, num_tokens)
+
+
+def slot_axes(decoder: DecodeStep, params: Any, batch: Batch, prompt_len: int) -> Any | None:
+    """A tree like the decode state: for each leaf, the axis that grows with `max_len` (-1 when
+    the leaf does not depend on it); None when no leaf does (an RNN's carry), or when a leaf
+    grows otherwise than along one axis by the added length."""
+    def state_shape(new_tokens: int) -> Any:
+        return jax.eval_shape(lambda: decoder.init(params, batch, prompt_len + new_tokens))[1]
+
+    short, long = state_shape(1), state_shape(2)
+
+    def axis(a: jax.ShapeDtypeStruct, b: jax.ShapeDtypeStruct) -> int:
+        grown = [i for i, (m, n) in enumerate(zip(a.shape, b.shape, strict=True)) if m != n]
+        if not grown:
+            return -1
+        if len(grown) != 1 or b.shape[grown[0]] != a.shape[grown[0]] + 1:
+            raise _Irregular
+        return grown[0]
+
+    try:
+        axes = jax.tree.map(axis, short, long)
+    except _Irregular:
+        return None
+    return None if all(a < 0 for a in jax.tree.leaves(axes)) else axes
+
+
+class _Irregular(Exception):
+    """A state leaf grows with max_len otherwise than by one slot per position."""
+
+
+def grow_slots(state: Any, axes: Any, extra: int) -> Any:
+    """`state` with `extra` empty (zero) slots appended along each leaf's slot axis."""
+    def grow(x: jax.Array, axis: int) -> jax.Array:
+        if axis < 0:
+            return x
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, extra)
+        return jnp.pad(x, pad)
+
+    return jax.tree.map(grow, state, axes)
