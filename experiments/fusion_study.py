@@ -1,8 +1,8 @@
-"""Fusion ablation: how much does fusing a target-side LM help as parallel data shrinks?
+"""Fusion study: how much does fusing a target-side LM help as parallel data shrinks?
 
-    python experiments/fusion_ablation.py --budget cpu
-    python experiments/fusion_ablation.py --budget gpu
-    python experiments/fusion_ablation.py --fractions 5 --methods none shallow
+    python experiments/fusion_study.py --budget cpu
+    python experiments/fusion_study.py --budget gpu
+    python experiments/fusion_study.py --fractions 5 --methods none shallow
 
 Grid: parallel-data fraction {1, 5, 20, 100}% of the training pairs (`data.train_fraction`, a
 fixed subset, smaller fractions inside larger ones) x method {none, shallow, density_ratio,
@@ -11,7 +11,7 @@ ilme, rescore, deep, cold, simple_postnorm, simple_prenorm, linear, lm_prior} x 
 Bible style transfer YLT -> ASV (configs/s2s_transformer.py and configs/s2s_rnn.py). The LM is
 configs/lm_transformer.py on all ASV training text, for both backbones (the fused models take
 any decoder-only LM; a Transformer LM with an RNN encoder-decoder trains and decodes). The
-results go to experiments/results/fusion_ablation.{md,csv,png}.
+results go to experiments/results/fusion_study.{md,csv,png}.
 
 Models, as `lmfuse train` runs (each one a workdir under the study's workdir):
 
@@ -87,7 +87,7 @@ from lib.trained_fusion import fusion_overrides, recipe, trained_fusion_cell
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate import protocol
 
-NAME = "fusion_ablation"
+NAME = "fusion_study"
 
 DECODE_TIME = ("shallow", "density_ratio", "ilme", "rescore")
 TRAINED = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear", "lm_prior")
@@ -399,13 +399,13 @@ def describe_task(plan: Plan, ctx: RunContext) -> str:
 # ---------------------------------------------------------------------------------------------
 # The report
 #
-#   <results>/fusion_ablation.md          the table, with budget, device, date, signatures,
+#   <results>/fusion_study.md          the table, with budget, device, date, signatures,
 #                                         the command, and each cell's reproducing commands
-#   <results>/fusion_ablation.csv         one row per cell (failed cells: no numbers)
-#   <results>/fusion_ablation_sweeps.csv  every validation point (λ or checkpoint) of every cell
-#   <results>/fusion_ablation_bleu.png    test BLEU against parallel-data fraction, per method,
+#   <results>/fusion_study.csv         one row per cell (failed cells: no numbers)
+#   <results>/fusion_study_sweeps.csv  every validation point (λ or checkpoint) of every cell
+#   <results>/fusion_study_bleu.png    test BLEU against parallel-data fraction, per method,
 #                                         one panel per backbone
-#   <results>/fusion_ablation_lambda.png  validation BLEU against λ, per decode-time method, one
+#   <results>/fusion_study_lambda.png  validation BLEU against λ, per decode-time method, one
 #                                         panel per (backbone, fraction)
 
 COLUMNS = ("fraction", "backbone", "method", "seed", "status", "weights", "step", "val_bleu",
@@ -488,7 +488,7 @@ def sweep_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
 
 def markdown(report: Report, task: str) -> str:
     lines = [
-        f"# Fusion ablation ({report.study.budget} budget)",
+        f"# Fusion study ({report.study.budget} budget)",
         "",
         f"- Task: {task}",
         *tables.header_lines(report),

@@ -1,7 +1,7 @@
 """A small resumable runner: a study is a list of cells, each a function that returns its
 result values; finished cells are kept on disk and skipped when the study runs again.
 
-    study = Study('fusion_ablation', 'cpu', settings, cells, report=write_report)
+    study = Study('fusion_study', 'cpu', settings, cells, report=write_report)
     records = run_study(study, workdir, results_dir, overrides, command)
 
 - <workdir>/experiment.json holds what the results depend on (settings, overrides): a rerun

@@ -49,7 +49,7 @@ def table(pair_corpus, tmp_path_factory):
             "rerun_rows": read_csv(root / "results" / "carlson_table.csv")}
 
 
-# End to end (about a minute): the fusion ablation's test covers the runner by default.
+# End to end (about a minute): the fusion study's test covers the runner by default.
 @pytest.mark.slow
 def test_every_cell_finishes(table):
     code, out = table["first"]

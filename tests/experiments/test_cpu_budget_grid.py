@@ -1,4 +1,4 @@
-"""The CPU-budget fusion ablation as committed in experiments/results/fusion_ablation.md: the
+"""The CPU-budget fusion study as committed in experiments/results/fusion_study.md: the
 5% Transformer slice (every method) at the budget's sizes on the prepared Bible data. About an
 hour on a 2-core CPU, so it is slow; `make test-slow` runs it."""
 
@@ -9,7 +9,7 @@ import math
 import os
 
 import pytest
-from fusion_ablation import METHODS
+from fusion_study import METHODS
 from grid_runs import read_csv, run_study
 
 DECODE_TIME = ("shallow", "density_ratio", "ilme", "rescore")
@@ -21,11 +21,11 @@ def test_cpu_budget_slice_scores_every_method_and_chooses_on_validation(tmp_path
         monkeypatch.setenv("LMFUSE_DATA_DIR", str(tmp_path / "data"))
     results = tmp_path / "results"
     # run_study, not the grid tests' fast_study: an hour of training wants optimised code.
-    result = run_study("experiments/fusion_ablation.py",
+    result = run_study("experiments/fusion_study.py",
                        ["--budget", "cpu", "--fractions", "5", "--backbones", "transformer",
                         "--workdir", str(tmp_path / "work"), "--results", str(results)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = read_csv(results / "fusion_ablation.csv")
+    rows = read_csv(results / "fusion_study.csv")
     assert set(rows) == set(METHODS)
     for method, row in rows.items():
         assert row["status"] == "ok", (method, row["error"])
@@ -39,7 +39,7 @@ def test_cpu_budget_slice_scores_every_method_and_chooses_on_validation(tmp_path
         assert rows[method]["weights"] != ""
         assert float(rows[method]["val_bleu"]) >= float(rows["none"]["val_bleu"])
         assert math.isfinite(float(rows[method]["lm_perplexity"]))
-    with (results / "fusion_ablation_sweeps.csv").open(encoding="utf-8") as f:
+    with (results / "fusion_study_sweeps.csv").open(encoding="utf-8") as f:
         sweeps = list(csv.DictReader(f))
     for method in rows:
         points = [p for p in sweeps if p["method"] == method]

@@ -1,4 +1,4 @@
-"""`python experiments/fusion_ablation.py` end to end on real verse pairs, with tiny models: a
+"""`python experiments/fusion_study.py` end to end on real verse pairs, with tiny models: a
 4-cell grid (none, shallow fusion, density ratio at 100% data, which is N/A, and a cold-fusion
 cell whose override cannot work) writes its tables and plots under the evaluation protocol
 (seeded samples, 0 in every grid, intervals against none and copy), selection never reads test
@@ -13,7 +13,7 @@ import math
 import shlex
 from pathlib import Path
 
-import fusion_ablation
+import fusion_study
 import pytest
 from conftest import REPO, run_cli
 from grid_runs import (
@@ -31,7 +31,7 @@ from lib.tables import fmt
 from lmfuse.config import split_override_args
 from lmfuse.errors import LmfuseError
 
-SCRIPT = "experiments/fusion_ablation.py"
+SCRIPT = "experiments/fusion_study.py"
 LAMBDAS = (0.2, 0.5)
 STEPS = 20
 GRID_METHODS = ("none", "shallow", "density_ratio", "cold")
@@ -55,22 +55,22 @@ def grid_args(corpus: dict[str, str], root: Path, methods: tuple[str, ...] = GRI
 @pytest.fixture(scope="module")
 def grid(pair_corpus, tmp_path_factory):
     """The grid run twice in one workdir: (first run, rerun) outputs and the csv rows."""
-    root = tmp_path_factory.mktemp("ablation")
+    root = tmp_path_factory.mktemp("fusion_study")
     first = run_grid(SCRIPT, grid_args(pair_corpus, root))
-    rows = read_csv(root / "results" / "fusion_ablation.csv")
+    rows = read_csv(root / "results" / "fusion_study.csv")
     mtimes = checkpoint_mtimes(root / "work")
     second = run_grid(SCRIPT, grid_args(pair_corpus, root))
     return {"root": root, "first": first, "second": second, "rows": rows, "mtimes": mtimes,
-            "rerun_rows": read_csv(root / "results" / "fusion_ablation.csv")}
+            "rerun_rows": read_csv(root / "results" / "fusion_study.csv")}
 
 
 def test_the_grid_writes_tables_and_plots_with_real_scores(grid):
     code, out = grid["first"]
     assert code == 1  # one cell failed, the grid finished
     results = grid["root"] / "results"
-    for name in ("fusion_ablation.md", "fusion_ablation.csv", "fusion_ablation_sweeps.csv"):
+    for name in ("fusion_study.md", "fusion_study.csv", "fusion_study_sweeps.csv"):
         assert (results / name).stat().st_size > 0
-    for name in ("fusion_ablation_bleu.png", "fusion_ablation_lambda.png"):
+    for name in ("fusion_study_bleu.png", "fusion_study_lambda.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = grid["rows"]
     assert set(rows) == set(GRID_METHODS)
@@ -104,12 +104,12 @@ def test_the_table_names_the_copy_baseline_of_the_scored_verses(grid):
     sources = (evaluated / "test.sample12.seed3.src").read_text(encoding="utf-8").splitlines()
     references = (evaluated / "test.sample12.seed3.ref").read_text(encoding="utf-8").splitlines()
     copy_bleu = sacrebleu.corpus_bleu(sources, [references]).score
-    table = (grid["root"] / "results" / "fusion_ablation.md").read_text(encoding="utf-8")
+    table = (grid["root"] / "results" / "fusion_study.md").read_text(encoding="utf-8")
     assert f"Copying the source as the output scores test BLEU {copy_bleu:.2f} " in table
 
 
 def test_choices_are_the_best_validation_points_of_the_stored_sweeps(grid):
-    with (grid["root"] / "results" / "fusion_ablation_sweeps.csv").open(encoding="utf-8") as f:
+    with (grid["root"] / "results" / "fusion_study_sweeps.csv").open(encoding="utf-8") as f:
         sweeps = list(csv.DictReader(f))
     # 0 joins the λ grid: the plain decode is a candidate, so fusion never loses on validation.
     shallow = ["all weights 0 (no fusion)", *(f"λ {w:g}" for w in LAMBDAS)]
@@ -139,7 +139,7 @@ def test_selection_reads_the_validation_sample_only(grid, pair_corpus, monkeypat
     monkeypatch.chdir(REPO)
     args = grid_args(pair_corpus, grid["root"])
     overrides, rest = split_override_args(args)
-    study = fusion_ablation.make_study(fusion_ablation.build_parser().parse_args(rest))
+    study = fusion_study.make_study(fusion_study.build_parser().parse_args(rest))
     (cell,) = [c for c in study.cells if c.labels["method"] == "shallow"]
     decoded = []
     real = scoring.decode_and_score
@@ -170,11 +170,11 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(grid):
     cold = grid["rows"]["cold"]
     assert cold["status"] == "failed" and "cold_dim" in cold["error"]
     assert cold["test_bleu"] == cold["val_bleu"] == cold["commands"] == ""
-    md = (grid["root"] / "results" / "fusion_ablation.md").read_text(encoding="utf-8")
+    md = (grid["root"] / "results" / "fusion_study.md").read_text(encoding="utf-8")
     assert "| cold | failed: " in md and "cold_dim" in md
     assert "cpu budget" in md and "BLEU signature: `nrefs:1" in md and "device: " in md
     assert "a seeded sample of 12 pairs over every book" in md
-    assert "Command: `python experiments/fusion_ablation.py --workdir" in md
+    assert "Command: `python experiments/fusion_study.py --workdir" in md
     log = (grid["root"] / "work" / "cells" / "f100-transformer-cold.log").read_text()
     assert "Traceback" in log and "cold_dim" in log
 
@@ -237,7 +237,7 @@ def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)  # the study names its configs relative to the repository
         with pytest.raises(LmfuseError, match="val_sample"):
-            runner.run_command_line(fusion_ablation.build_parser(), fusion_ablation.make_study,
+            runner.run_command_line(fusion_study.build_parser(), fusion_study.make_study,
                                     args)
 
 
@@ -252,11 +252,11 @@ def test_report_only_tables_the_ledger_without_running_anything(grid, pair_corpu
     result = fast_study(SCRIPT, [*args, "--report_only"])
     assert result.returncode == 0, result.stderr
     assert "reported 2/3 cells finished" in result.stdout
-    rows = read_csv(results / "fusion_ablation.csv")
+    rows = read_csv(results / "fusion_study.csv")
     for method in ("none", "shallow"):
         assert rows[method] == grid["rows"][method]
     assert rows["deep"]["status"] == "pending" and rows["deep"]["test_bleu"] == ""
-    md = (results / "fusion_ablation.md").read_text(encoding="utf-8")
+    md = (results / "fusion_study.md").read_text(encoding="utf-8")
     assert "| deep | not run yet |" in md
     assert "--report_only" not in md  # the table names the command that runs its cells
     assert sorted(p.name for p in work.iterdir()) == before  # no deep-fusion workdir
@@ -283,37 +283,37 @@ def test_report_only_on_an_empty_workdir_is_a_one_line_error(tmp_path):
 def test_a_setting_mistake_is_an_error_that_trains_nothing(tmp_path, args, message):
     result = run_study(SCRIPT, ["--workdir", str(tmp_path / "w"), *args])
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("fusion_ablation.py: error: ")
+    assert result.stderr.strip().splitlines()[-1].startswith("fusion_study.py: error: ")
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "w").exists()
 
 
 def test_settings_take_the_budgets_defaults_and_types():
-    args = fusion_ablation.build_parser().parse_args(
+    args = fusion_study.build_parser().parse_args(
         ["--fractions", "5", "20", "--methods", "none", "shallow", "--test_sample", "0",
          "--length_rewards"])
-    settings = runner.settings_from(args, fusion_ablation.defaults("cpu"))
+    settings = runner.settings_from(args, fusion_study.defaults("cpu"))
     assert settings["fractions"] == (5.0, 20.0) and settings["methods"] == ("none", "shallow")
     assert settings["test_sample"] == 0 and settings["length_rewards"] == ()
     assert settings["val_sample"] >= 500  # the protocol's default validation sample
-    assert settings["checkpoints"] == fusion_ablation.PROTOCOL["checkpoints"]["cpu"]
+    assert settings["checkpoints"] == fusion_study.PROTOCOL["checkpoints"]["cpu"]
     assert settings["backbones"] == ("transformer", "rnn") and settings["seeds"] == (0,)
 
 
 def test_density_ratio_at_full_data_is_not_applicable_and_seeds_name_their_runs(monkeypatch):
     monkeypatch.chdir(REPO)
-    settings = fusion_ablation.defaults("cpu")
-    plan = fusion_ablation.plan("cpu", settings)
-    cells = fusion_ablation.build_cells(plan, (5.0, 100.0), ("transformer",),
+    settings = fusion_study.defaults("cpu")
+    plan = fusion_study.plan("cpu", settings)
+    cells = fusion_study.build_cells(plan, (5.0, 100.0), ("transformer",),
                                         ("none", "density_ratio"), (0, 1))
     marked = {c.key: c.not_applicable for c in cells}
     assert marked["f5-transformer-density_ratio"] == "" == marked["f5-transformer-density_ratio-s1"]
     assert "shallow fusion with λ − λ_src" in marked["f100-transformer-density_ratio-s1"]
     ctx = runner.RunContext(Path("unused"), "cpu", {}, ())
-    run = fusion_ablation.s2s_run(ctx, plan, 5.0, "transformer", seed=1)
+    run = fusion_study.s2s_run(ctx, plan, 5.0, "transformer", seed=1)
     assert run.workdir.endswith("s2s_transformer_f5_s1") and run.load().seed == 1
-    assert fusion_ablation.s2s_run(ctx, plan, 5.0, "transformer").load().seed == 0
+    assert fusion_study.s2s_run(ctx, plan, 5.0, "transformer").load().seed == 0
 
 
 def _train_steps(run) -> int:
@@ -326,12 +326,12 @@ def test_the_cpu_budget_gives_both_backbones_the_same_training_data(monkeypatch)
     doubles for the tiny RNN (16 rows a step, the Transformer 32); a user's train.steps still
     wins over the scaling."""
     monkeypatch.chdir(REPO)
-    plan = fusion_ablation.plan("cpu", fusion_ablation.defaults("cpu"))
-    sizes = fusion_ablation.SIZES["cpu"]
+    plan = fusion_study.plan("cpu", fusion_study.defaults("cpu"))
+    sizes = fusion_study.SIZES["cpu"]
 
     def train(overrides: tuple[str, ...], backbone: str, method: str):
         ctx = runner.RunContext(Path("unused"), "cpu", {}, overrides)
-        return fusion_ablation.s2s_run(ctx, plan, 5.0, backbone, method).load().train
+        return fusion_study.s2s_run(ctx, plan, 5.0, backbone, method).load().train
 
     for method in ("none", "cold", "lm_prior"):
         for backbone in ("rnn", "transformer"):

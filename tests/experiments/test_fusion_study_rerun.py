@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from grid_runs import run_study
 
-COMMITTED = REPO / "experiments" / "results" / "fusion_ablation.csv"
+COMMITTED = REPO / "experiments" / "results" / "fusion_study.csv"
 
 
 def committed_rows(method: str) -> dict[int, dict[str, str]]:
@@ -29,17 +29,17 @@ def committed_rows(method: str) -> dict[int, dict[str, str]]:
 def test_one_committed_cell_reruns_within_the_seed_spread(tmp_path: Path, monkeypatch):
     rows = committed_rows("none")
     if 0 not in rows or len(rows) < 2:
-        pytest.fail("experiments/results/fusion_ablation.csv holds no 5% Transformer `none` "
+        pytest.fail("experiments/results/fusion_study.csv holds no 5% Transformer `none` "
                     "rows for seed 0 and another seed; run the study first")
     if "LMFUSE_DATA_DIR" not in os.environ:  # else the Bible is prepared into ~/.cache
         monkeypatch.setenv("LMFUSE_DATA_DIR", str(tmp_path / "data"))
     results = tmp_path / "results"
-    result = run_study("experiments/fusion_ablation.py",
+    result = run_study("experiments/fusion_study.py",
                        ["--budget", "cpu", "--fractions", "5", "--backbones", "transformer",
                         "--methods", "none", "--seeds", "0", "--workdir", str(tmp_path / "work"),
                         "--results", str(results)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with (results / "fusion_ablation.csv").open(encoding="utf-8") as f:
+    with (results / "fusion_study.csv").open(encoding="utf-8") as f:
         (rerun,) = list(csv.DictReader(f))
     bleus = [float(r["test_bleu"]) for r in rows.values()]
     spread = max(max(bleus) - min(bleus), 0.5)  # a floor for seeds that happen to agree
