@@ -14,7 +14,10 @@ state must hold: prompt length P plus the number of tokens to generate.
 
 State convention (what lets beam search reorder any state): `state` is a pytree whose array
 leaves all have the batch as their leading axis; 0-d leaves (e.g. the next cache slot) are
-shared by all rows. Beam search tiles and gathers leaves along axis 0 only.
+shared by all rows. Beam search tiles and gathers leaves along axis 0 only. A leaf whose size
+grows with `max_len` (a KV cache) grows by one slot per position along one axis and holds zeros
+in its unwritten slots, so beam search can start it short and pad it as the hypotheses grow
+(`lmfuse.decode.cache_phases`).
 
 This module knows no model: `lmfuse.decode.adapters` turns each model family into a DecodeStep.
 """
