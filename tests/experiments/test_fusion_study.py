@@ -316,6 +316,22 @@ def test_density_ratio_at_full_data_is_not_applicable_and_seeds_name_their_runs(
     assert fusion_study.s2s_run(ctx, plan, 5.0, "transformer").load().seed == 0
 
 
+def test_the_source_lm_passes_over_its_text_as_often_as_the_target_lm(monkeypatch):
+    """Density ratio's LM of fraction p's targets gets p% of the target LM's steps (trained as
+    long as the target LM, 500 verses are memorised: validation perplexity in the 100,000s)."""
+    monkeypatch.chdir(REPO)
+    plan = fusion_study.plan("cpu", fusion_study.defaults("cpu"))
+    steps = fusion_study.SIZES["cpu"]["lm_steps"]
+    ctx = runner.RunContext(Path("unused"), "cpu", {"corpus": "bible"}, ())
+    monkeypatch.setattr(fusion_study, "_data", lambda c, p: {"bible": True, "target": "asv"})
+    assert _train_steps(fusion_study.lm_run(ctx, plan, None)) == steps
+    assert _train_steps(fusion_study.lm_run(ctx, plan, 100.0)) == steps  # lm_target itself
+    assert _train_steps(fusion_study.lm_run(ctx, plan, 5.0)) == steps * 5 // 100
+    assert _train_steps(fusion_study.lm_run(ctx, plan, 1.0)) == steps // 100
+    user = runner.RunContext(Path("unused"), "cpu", {}, ("--config.train.steps=400",))
+    assert _train_steps(fusion_study.lm_run(user, plan, 5.0)) == 20  # scales the user's steps
+
+
 def _train_steps(run) -> int:
     return run.load().train.steps
 
