@@ -1,6 +1,7 @@
 """The CPU-budget fusion study as committed in experiments/results/fusion_study.md: the
-5% Transformer slice (every method) at the budget's sizes on the prepared Bible data. About an
-hour on a 2-core CPU, so it is slow; `make test-slow` runs it."""
+5% Transformer slice (every method) at the budget's sizes on the prepared Bible data. Two to
+three hours on a 2-core CPU (every model trained from scratch stops on validation BLEU, and
+density ratio and ILME sweep 18 weight pairs each), so it is slow; `make test-slow` runs it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_cpu_budget_slice_scores_every_method_and_chooses_on_validation(tmp_path
     if "LMFUSE_DATA_DIR" not in os.environ:  # else the Bible is prepared into ~/.cache
         monkeypatch.setenv("LMFUSE_DATA_DIR", str(tmp_path / "data"))
     results = tmp_path / "results"
-    # run_study, not the grid tests' fast_study: an hour of training wants optimised code.
+    # run_study, not the grid tests' fast_study: hours of training want optimised code.
     result = run_study("experiments/fusion_study.py",
                        ["--budget", "cpu", "--fractions", "5", "--backbones", "transformer",
                         "--workdir", str(tmp_path / "work"), "--results", str(results)])
