@@ -138,8 +138,9 @@ def seed_summary_lines(report: Report, group: tuple[str, ...]) -> list[str]:
     if len(seeds) < 2:
         return []
     lines = ["## Over seeds", "",
-             f"Seeds {', '.join(map(str, seeds))}. A gain (or loss) is called only when the "
-             "difference to `none` has that sign with p < 0.05 in every seed.", "",
+             f"Seeds {', '.join(map(str, seeds))}. A gain (or loss) is called only when at "
+             f"least {protocol.MIN_SEEDS} seeds ran and the difference to `none` has that sign "
+             "with p < 0.05 in every seed.", "",
              f"| {' | '.join(group)} | seeds | test BLEU mean ± sd | Δ none mean | verdict |",
              f"|{'---|' * (len(group) + 4)}"]
     keys = list(dict.fromkeys(tuple(r.labels[k] for k in group) for r in ok))
@@ -154,8 +155,9 @@ def seed_summary_lines(report: Report, group: tuple[str, ...]) -> list[str]:
             verdict = protocol.verdict(deltas, [None if c.get("identical") else
                                                 c["system"]["bleu_p"] for c in against])
             delta = f"{protocol.mean_sd(deltas)[0]:+.2f}"
+        spread = f"{mean:.2f} ± {sd:.2f}" if len(members) > 1 else f"{mean:.2f}"  # no sd of one
         lines.append(f"| {' | '.join(fmt(k) for k in key)} | {len(members)} | "
-                     f"{mean:.2f} ± {sd:.2f} | {delta} | {verdict} |")
+                     f"{spread} | {delta} | {verdict} |")
     return [*lines, ""]
 
 

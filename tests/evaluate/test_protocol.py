@@ -112,7 +112,9 @@ def test_seeds_are_summarised_as_mean_and_sample_sd():
     ([-0.8, -1.1], [0.01, 0.002], "loss"),
     ([0.8, 1.1, 0.5], [0.01, 0.20, 0.04], "no clear difference"),  # one seed not significant
     ([0.8, -1.1], [0.01, 0.01], "no clear difference"),  # significant both ways
-    ([0.8], [None], "no clear difference"),  # compared with itself
+    ([0.8, 0.0], [0.01, None], "no clear difference"),  # one seed compared with itself
+    ([2.8], [0.001], protocol.ONE_SEED),  # however large, one seed's difference is not called
+    ([-0.9], [0.003], protocol.ONE_SEED),
 ])
 def test_a_gain_needs_the_same_sign_and_significance_in_every_seed(differences, p_values,
                                                                    expected):
