@@ -51,7 +51,7 @@ from typing import Any
 from lib import runner, tables
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
-from lib.scoring import Evaluation, decode_time_cell, plain_cell
+from lib.scoring import METHOD_WEIGHTS, Evaluation, decode_time_cell, plain_cell
 from lib.shared_models import (
     cadence,
     check_user_overrides,
@@ -267,8 +267,9 @@ def build_cells(plan: Plan, rows: Sequence[str], methods: Sequence[str],
             for method in (m for m in METHODS if m in methods):
                 labels = {"row": row, "source": source, "target": target, "method": method,
                           "seed": seed}
+                grids = ("lambdas", "length_rewards") if method in METHOD_WEIGHTS else ()
                 cells.append(Cell(cell_key(row, method, seed), labels,
-                                  _cell_function(plan, row, method, seed)))
+                                  _cell_function(plan, row, method, seed), settings=grids))
     return cells
 
 
@@ -435,6 +436,7 @@ def make_study(args: argparse.Namespace) -> Study:
         cells=build_cells(sizes, rows, settings["methods"], settings["seeds"]),
         report=lambda report: write_report(report, describe_task(sizes, rows, report.context)),
         grid_settings=GRID,
+        cell_settings=("lambdas", "length_rewards"),  # read by the decode-time cells only
         check=lambda context: check_overrides(sizes, rows, context),
     )
 

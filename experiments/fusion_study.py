@@ -71,7 +71,13 @@ import ml_collections
 from lib import runner, tables
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
-from lib.scoring import Evaluation, chosen_checkpoint, decode_time_cell, plain_cell
+from lib.scoring import (
+    METHOD_WEIGHTS,
+    Evaluation,
+    chosen_checkpoint,
+    decode_time_cell,
+    plain_cell,
+)
 from lib.shared_models import (
     cadence,
     check_user_overrides,
@@ -353,8 +359,15 @@ def build_cells(plan: Plan, fractions: Sequence[float], backbones: Sequence[str]
                     same_lm = method == "density_ratio" and percent == 100
                     cells.append(Cell(cell_key(percent, backbone, method, seed), labels,
                                       _cell_function(plan, percent, backbone, method, seed),
-                                      not_applicable=SAME_LM_TWICE if same_lm else ""))
+                                      not_applicable=SAME_LM_TWICE if same_lm else "",
+                                      settings=grids_read_by(method)))
     return cells
+
+
+def grids_read_by(method: str) -> tuple[str, ...]:
+    """The weight-grid settings a method's cell reads (none for trained methods)."""
+    weights = METHOD_WEIGHTS.get(method, ())
+    return tuple(name for name, weight in WEIGHT_GRIDS.items() if weight in weights)
 
 
 def _cell_function(plan: Plan, percent: float, backbone: str, method: str, seed: int):
@@ -672,6 +685,7 @@ def make_study(args: argparse.Namespace) -> Study:
         cells=cells,
         report=lambda report: write_report(report, describe_task(sizes, report.context)),
         grid_settings=GRID,
+        cell_settings=tuple(WEIGHT_GRIDS),
         check=lambda context: check_overrides(sizes, context),
     )
 

@@ -5,7 +5,10 @@ result values; finished cells are kept on disk and skipped when the study runs a
     records = run_study(study, workdir, results_dir, overrides, command)
 
 - <workdir>/experiment.json holds what the results depend on (settings, overrides): a rerun
-  with other values refuses the workdir instead of mixing results.
+  with other values refuses the workdir instead of mixing results. Settings that only some
+  cells read (`Study.cell_settings`, e.g. a decode-time method's weight grids) are recorded in
+  those cells' records instead: a cell made with other values is rerun, seeing its old record
+  as `RunContext.previous` so it can keep what still holds (the points a wider grid shares).
 - <workdir>/cells/<key>.json holds one cell's record (status 'ok' or 'failed', values, time);
   <key>.log the traceback of a failed cell, whose one-line error goes to the report. A failed
   cell does not stop the others, and a rerun retries it.
@@ -50,6 +53,7 @@ class CellRecord:
     seconds: float
     values: dict[str, Any] = dataclasses.field(default_factory=dict)
     error: str = ""  # FAILED: the one-line error; NOT_APPLICABLE: why
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # of Cell.settings
 
 
 @dataclasses.dataclass
@@ -61,6 +65,8 @@ class RunContext:
     settings: dict[str, Any]
     overrides: tuple[str, ...]  # --config.key=value, for every training run
     memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # While a cell reruns because its settings changed: its record made with the old ones.
+    previous: CellRecord | None = None
     shared_seconds: float = 0.0  # time spent making shared artifacts, so far
     _depth: int = 0  # shared() calls in progress (an artifact may need another one)
 
@@ -86,6 +92,9 @@ class Cell:
     # Set when the cell equals another by construction (e.g. density ratio with the same LM
     # twice is no fusion): the report marks it N/A with this reason, and it is never run.
     not_applicable: str = ""
+    # The Study.cell_settings this cell reads: its record keeps their values, and a record
+    # made with other values is rerun.
+    settings: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -98,6 +107,9 @@ class Study:
     # Settings that only choose cells (fractions, methods, ...): every other setting changes
     # results, so a workdir holds the results of one value of each.
     grid_settings: tuple[str, ...] = ()
+    # Settings only some cells read (each cell names its own in Cell.settings): kept out of
+    # the workdir's identity, so changing one reruns just the cells that read it.
+    cell_settings: tuple[str, ...] = ()
     check: Callable[[RunContext], None] | None = None  # fails fast on bad overrides
 
 
@@ -128,11 +140,14 @@ class Ledger:
         self.workdir = Path(workdir)
         self.cells = self.workdir / "cells"
 
-    def claim(self, identity: dict[str, Any]) -> None:
-        """Records what results here depend on; refuses a workdir made with other values."""
+    def claim(self, identity: dict[str, Any], cell_settings: Sequence[str] = ()) -> None:
+        """Records what results here depend on; refuses a workdir made with other values.
+        `cell_settings` are checked per cell instead (a workdir may list them from before)."""
         path = self.workdir / "experiment.json"
         if path.is_file():
             stored = json.loads(path.read_text(encoding="utf-8"))
+            stored["settings"] = {k: v for k, v in stored.get("settings", {}).items()
+                                  if k not in cell_settings}
             for name in sorted(set(stored) | set(identity)):
                 if stored.get(name) != identity.get(name):
                     raise LmfuseError(
@@ -181,10 +196,10 @@ def run_study(
     if report_only and not (workdir / "experiment.json").is_file():
         raise LmfuseError(f"workdir {workdir} holds no results of this experiment to report; "
                           "run it without --report_only first (or pass its --workdir)")
-    ledger.claim(_identity(study, overrides))
+    ledger.claim(_identity(study, overrides), study.cell_settings)
     results_dir = Path(results_dir)
     if report_only:
-        records = [ledger.read(cell.key) or _pending(cell) for cell in study.cells]
+        records = [_current(ledger.read(cell.key), cell, context) for cell in study.cells]
         _report(study, records, context, results_dir, command, final=True)
         done = sum(r.status == OK for r in records)
         print(f"{study.name}: reported {done}/{len(records)} cells finished")
@@ -199,10 +214,26 @@ def run_study(
 
 
 def _identity(study: Study, overrides: Sequence[str]) -> dict[str, Any]:
-    kept = {k: list(v) if isinstance(v, tuple) else v for k, v in study.settings.items()
-            if k not in study.grid_settings}
+    kept = {k: _plain(v) for k, v in study.settings.items()
+            if k not in study.grid_settings and k not in study.cell_settings}
     return {"experiment": study.name, "budget": study.budget, "settings": kept,
             "overrides": list(overrides)}
+
+
+def _plain(value: Any) -> Any:
+    """As JSON gives it back (tuples as lists), so stored and current values compare equal."""
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _cell_settings(cell: Cell, context: RunContext) -> dict[str, Any]:
+    return {name: _plain(context.settings[name]) for name in cell.settings}
+
+
+def _current(record: CellRecord | None, cell: Cell, context: RunContext) -> CellRecord:
+    """The ledger's record of `cell` if made with the current settings, else pending."""
+    if record is None or record.settings != _cell_settings(cell, context):
+        return _pending(cell)
+    return record
 
 
 def _run_cells(study: Study, context: RunContext, ledger: Ledger, results_dir: Path,
@@ -219,12 +250,20 @@ def _run_cells(study: Study, context: RunContext, ledger: Ledger, results_dir: P
             records.append(_pending(cell))
             continue
         done = ledger.read(cell.key)
-        if done is not None and done.status == OK:
+        changed = sorted(name for name, value in _cell_settings(cell, context).items()
+                         if done is None or done.settings.get(name) != value)
+        if done is not None and done.status == OK and not changed:
             print(f"{head}: skipped (finished in {done.seconds:.1f}s)", flush=True)
             records.append(done)
             continue
-        print(f"{head}: running" + (" (retrying a failed cell)" if done else ""), flush=True)
-        record = _run_cell(cell, context, ledger)
+        why = ("" if done is None else " (retrying a failed cell)" if done.status != OK
+               else f" (again: {', '.join(changed)} changed)")
+        print(f"{head}: running{why}", flush=True)
+        context.previous = done if done is not None and done.status == OK else None
+        try:
+            record = _run_cell(cell, context, ledger)
+        finally:
+            context.previous = None
         status = "ok" if record.status == OK else f"FAILED: {record.error}"
         print(f"{head}: {status} ({record.seconds:.1f}s)", flush=True)
         records.append(record)
@@ -251,7 +290,8 @@ def _run_cell(cell: Cell, context: RunContext, ledger: Ledger) -> CellRecord:
         values, status, trace = {}, FAILED, traceback.format_exc()
         error = one_line_error(e)
     own = time.perf_counter() - start - (context.shared_seconds - shared_before)
-    record = CellRecord(cell.key, dict(cell.labels), status, round(own, 1), values, error)
+    record = CellRecord(cell.key, dict(cell.labels), status, round(own, 1), values, error,
+                        _cell_settings(cell, context))
     ledger.write(record, trace)
     return record
 

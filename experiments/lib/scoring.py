@@ -294,10 +294,13 @@ def decode_time_cell(ctx: RunContext, evaluation: Evaluation, run: TrainRun, lm:
     validation = evaluation.validation(ctx, model.config)
     plain_val = point(chosen_step["points"], "step", step)["val"]
     points: list[dict[str, Any]] = []
+    commands = [lm["command"], *([source_lm.command()] if source_lm else []), run.command()]
+    previous = _previous_sweep(ctx, step, commands)
 
     def score(weights: dict[str, float]) -> float:
         flags = fusion_flags(method, lm["workdir"], weights, source_lm)
-        val = (plain_val if flags.method is None
+        known = previous["points"].get(_weights_key(weights))
+        val = (plain_val if flags.method is None else known if known is not None
                else brief(decode_and_score(model, params, flags, validation)))
         points.append({"weights": weights, "val": val})
         return val["bleu"]
@@ -305,12 +308,30 @@ def decode_time_cell(ctx: RunContext, evaluation: Evaluation, run: TrainRun, lm:
     weights, _ = protocol.select_on_validation(
         {name: grids.get(name, ()) for name in METHOD_WEIGHTS[method]}, score)
     chosen = next(p for p in points if p["weights"] == weights)
-    commands = [lm["command"], *([source_lm.command()] if source_lm else []), run.command()]
+    if previous["values"] is not None and previous["values"]["weights"] == weights:
+        return {**previous["values"], "sweep": points}  # same choice: its test decode holds
     values = finish(ctx, evaluation, run, step, fusion_flags(method, lm["workdir"], weights,
                                                              source_lm),
                     chosen, points, commands, key=key, loaded=(model, params), baseline=run)
     values.update(weights=weights, lm_perplexity=lm["perplexity"])
     return values
+
+
+def _weights_key(weights: Mapping[str, float]) -> tuple:
+    return tuple(sorted(weights.items()))
+
+
+def _previous_sweep(ctx: RunContext, step: int, commands: Sequence[str]) -> dict[str, Any]:
+    """When the cell reruns because its grids changed: the validation points its old record
+    decoded, and its values, if it fused the same checkpoint with the same trained models
+    (a point then decodes to the same scores); else nothing."""
+    old = ctx.previous.values if ctx.previous is not None else {}
+    same = (old.get("step") == step and old.get("weights") is not None
+            and old.get("commands", [])[:-1] == list(dict.fromkeys(commands)))
+    if not same:
+        return {"points": {}, "values": None}
+    return {"points": {_weights_key(p["weights"]): p["val"] for p in old["sweep"]},
+            "values": old}
 
 
 def finish(ctx: RunContext, evaluation: Evaluation, run: TrainRun, step: int,

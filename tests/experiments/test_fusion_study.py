@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import shlex
+import shutil
 from pathlib import Path
 
 import fusion_study
@@ -239,6 +240,55 @@ def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
         with pytest.raises(LmfuseError, match="val_sample"):
             runner.run_command_line(fusion_study.build_parser(), fusion_study.make_study,
                                     args)
+
+
+def test_a_wider_weight_grid_reruns_only_the_cells_that_read_it_decoding_only_new_points(
+        grid, pair_corpus, monkeypatch):
+    """λ grid {0.2, 0.5} widened to {0.2, 0.5, 0.8}: the workdir is accepted, `none` is kept,
+    shallow fusion reruns and decodes λ 0.8 alone on validation (the other points are its
+    old record's), nothing is trained, and a report of the old grid then shows it pending."""
+    import lib.scoring
+
+    work = grid["root"] / "work"
+    saved = grid["root"] / "cells_before_wider_grid"
+    shutil.copytree(work / "cells", saved)
+    decoded = []
+
+    def counting(model, params, flags, evalset):
+        decoded.append((evalset.split, flags.lm_weight))
+        return decode_and_score(model, params, flags, evalset)
+
+    decode_and_score = lib.scoring.decode_and_score
+    monkeypatch.setattr(lib.scoring, "decode_and_score", counting)
+    args = grid_args(pair_corpus, grid["root"], methods=("none", "shallow"),
+                     results=grid["root"] / "wider")
+    wider = [*args[:args.index("--lambdas") + 1], *map(str, (*LAMBDAS, 0.8)),
+             *args[args.index("--lambdas") + 1 + len(LAMBDAS):]]
+    try:
+        with monkeypatch.context() as mp:
+            mp.chdir(REPO)  # the study names its configs relative to the repository
+            records, _ = runner.run_command_line(fusion_study.build_parser(),
+                                                 fusion_study.make_study, wider)
+            old_grid = grid_args(pair_corpus, grid["root"], methods=("none", "shallow"),
+                                 results=grid["root"] / "narrower")
+            runner.run_command_line(fusion_study.build_parser(), fusion_study.make_study,
+                                    [*old_grid, "--report_only"])
+        narrower = read_csv(grid["root"] / "narrower" / "fusion_study.csv")
+    finally:
+        shutil.rmtree(work / "cells")
+        shutil.copytree(saved, work / "cells")
+    none, shallow = records
+    assert none.settings == {} and shallow.settings["lambdas"] == [*LAMBDAS, 0.8]
+    assert ("validation", 0.8) in decoded
+    assert [d for d in decoded if d[0] == "validation"] == [("validation", 0.8)]
+    chosen = shallow.values["weights"]["lm"]
+    assert decoded[1:] == ([("test", chosen)] if chosen == 0.8 else [])
+    old = {p["weights"]["lm"]: p["val"] for p in json.loads(
+        (saved / "f100-transformer-shallow.json").read_text())["values"]["sweep"]}
+    new = {p["weights"]["lm"]: p["val"] for p in shallow.values["sweep"]}
+    assert sorted(new) == [0.0, *LAMBDAS, 0.8] and all(new[w] == old[w] for w in old)
+    assert checkpoint_mtimes(work) == grid["mtimes"]
+    assert narrower["none"]["status"] == "ok" and narrower["shallow"]["status"] == "pending"
 
 
 def test_report_only_tables_the_ledger_without_running_anything(grid, pair_corpus):
