@@ -15,6 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Commands run by the tests keep their compiled programs in the test run's own directory,
+    not the user's (~/.cache/lmfuse/jax)."""
+    os.environ["LMFUSE_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax-cache"))
+
+
 def asv_verses(reference: str) -> list[str]:
     """Real text: ASV verses (aligned as shipped) through pythonbible's own API."""
     import pythonbible as bible

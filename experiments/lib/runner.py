@@ -418,8 +418,10 @@ def main(parser: argparse.ArgumentParser, make_study: Callable[[argparse.Namespa
     """Runs a study from its command line. Exit status 0 when every cell finished, 1 when some
     failed (each is in the report), 2 for a user mistake (one line on stderr)."""
     from lmfuse.cli import quiet_library_logs
+    from lmfuse.cli.compilation_cache import enable_compilation_cache
 
     quiet_library_logs()
+    enable_compilation_cache()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         records, report_only = run_command_line(parser, make_study, argv)

@@ -30,6 +30,7 @@ from typing import NoReturn
 from lmfuse.cli import config as config_command
 from lmfuse.cli import data, inspect, sample, train, translate
 from lmfuse.cli import eval as eval_command
+from lmfuse.cli.compilation_cache import enable_compilation_cache
 from lmfuse.config import split_override_args
 from lmfuse.errors import LmfuseError
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str]) -> int:
     overrides, rest = split_override_args(argv)
     args = build_parser().parse_args(rest)
+    enable_compilation_cache()
     if args.reads_config_file:
         args.handler(args, overrides)
     else:
