@@ -10,6 +10,10 @@ researcher waits for: start-up, data, compilation, decoding and scoring. Runs al
 old / new (`--runs` pairs) so that load from other processes hits both alike; the median of the
 per-pair ratios is the number to quote. The table also compares what the two sides decoded:
 BLEU and chrF, and how many hypotheses are identical line by line.
+
+The new side runs twice per round: with an empty compilation cache (a first run, compiling
+everything) and with the cache a previous run filled (`lmfuse/cli/compilation_cache.py`: a
+researcher's second eval of the same model). The old side predates the cache.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Decoding a dataset (CPU)"
 
 
-def run_eval(tree: Path, workdir: Path, split: str, sample: int, output: Path) -> float:
-    """Wall seconds of one `lmfuse eval` run from `tree`'s sources."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+def run_eval(tree: Path, workdir: Path, split: str, sample: int, output: Path, cache: str
+             ) -> float:
+    """Wall seconds of one `lmfuse eval` run from `tree`'s sources, compiled programs kept in
+    `cache` ('off': none)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "LMFUSE_COMPILATION_CACHE": cache,
+           "JAX_COMPILATION_CACHE_DIR": ""}
     command = [sys.executable, "-m", "lmfuse.cli", "eval", "--workdir", str(workdir),
                "--split", split, "--sample", str(sample), "--output", str(output)]
     start = time.perf_counter()
@@ -52,9 +59,12 @@ def read_side(output: Path) -> dict:
     return {"bleu": report["bleu"], "chrf": report["chrf"], "hypotheses": hypotheses}
 
 
+SIDES = {"old": "first run", "new": "first run (empty compilation cache)",
+         "warm": "again (compilation cache filled)"}
+
+
 def markdown(result: dict, args, command: str) -> str:
-    old, new = result["old"], result["new"]
-    same = sum(a == b for a, b in zip(old["hypotheses"], new["hypotheses"], strict=True))
+    old = result["old"]
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {cpu_model()}, {os.cpu_count()} cores "
         f"(Python {platform.python_version()}); {args.runs} run(s) per side, alternating; "
@@ -62,19 +72,24 @@ def markdown(result: dict, args, command: str) -> str:
         "",
         f"    {command}",
         "",
-        "| side | source tree | wall s (median) | BLEU | chrF | new / old speed (median pair ratio) "
-        "| hypotheses identical |",
-        "|---|---|---:|---:|---:|---:|---|",
-        f"| old | {args.old} | {statistics.median(result['wall']['old']):.1f} | "
-        f"{old['bleu']:.2f} | {old['chrf']:.2f} | | |",
-        f"| new | working tree | {statistics.median(result['wall']['new']):.1f} | "
-        f"{new['bleu']:.2f} | {new['chrf']:.2f} | {result['ratio']:.2f}x "
-        f"| {same} of {len(new['hypotheses'])} |",
-        "",
-        "Per-run wall seconds (old; new): "
-        + ", ".join(f"{x:.1f}" for x in result["wall"]["old"]) + "; "
-        + ", ".join(f"{x:.1f}" for x in result["wall"]["new"]),
+        "| side | source tree | run | wall s (median) | BLEU | chrF | speed vs old (median pair "
+        "ratio) | hypotheses identical to old |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
+    for side, run in SIDES.items():
+        scores, wall = result[side], result["wall"][side]
+        tree = args.old if side == "old" else "working tree"
+        if side == "old":
+            ratio = same = ""
+        else:
+            ratio = f"{result['ratio'][side]:.2f}x"
+            same = sum(a == b for a, b in zip(old["hypotheses"], scores["hypotheses"],
+                                              strict=True))
+            same = f"{same} of {len(scores['hypotheses'])}"
+        lines.append(f"| {side} | {tree} | {run} | {statistics.median(wall):.1f} | "
+                     f"{scores['bleu']:.2f} | {scores['chrf']:.2f} | {ratio} | {same} |")
+    lines += ["", "Per-run wall seconds (" + "; ".join(SIDES) + "): " + "; ".join(
+        ", ".join(f"{x:.1f}" for x in result["wall"][side]) for side in SIDES)]
     return "\n".join(lines)
 
 
@@ -99,19 +114,25 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
                         str(old_tree), args.old], check=True)
         try:
+            warm_cache = str(Path(tmp) / "warm-cache")
+            print("filling the compilation cache (untimed) ...", flush=True)
+            run_eval(ROOT, workdir, args.split, args.sample, Path(tmp) / "fill.json", warm_cache)
             load_before = os.getloadavg()[0]
-            wall = {"old": [], "new": []}
+            wall = {side: [] for side in SIDES}
             for run in range(args.runs):
-                for side, tree in (("old", old_tree), ("new", ROOT)):
+                sides = (("old", old_tree, "off"),
+                         ("new", ROOT, str(Path(tmp) / f"empty-cache-{run}")),
+                         ("warm", ROOT, warm_cache))
+                for side, tree, cache in sides:
                     seconds = run_eval(tree, workdir, args.split, args.sample,
-                                       Path(tmp) / f"{side}.json")
+                                       Path(tmp) / f"{side}.json", cache)
                     wall[side].append(seconds)
                     print(f"run {run + 1} {side}: {seconds:.1f} s", flush=True)
             result = {
                 "wall": wall, "load": (load_before, os.getloadavg()[0]),
-                "ratio": statistics.median(o / n for o, n in zip(wall["old"], wall["new"],
-                                                                strict=True)),
-                "old": read_side(Path(tmp) / "old.json"), "new": read_side(Path(tmp) / "new.json"),
+                "ratio": {side: statistics.median(o / n for o, n in zip(
+                    wall["old"], wall[side], strict=True)) for side in ("new", "warm")},
+                **{side: read_side(Path(tmp) / f"{side}.json") for side in SIDES},
             }
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
