@@ -296,12 +296,15 @@ def decode_time_cell(ctx: RunContext, evaluation: Evaluation, run: TrainRun, lm:
     points: list[dict[str, Any]] = []
     commands = [lm["command"], *([source_lm.command()] if source_lm else []), run.command()]
     previous = _previous_sweep(ctx, step, commands)
+    log = SweepLog(ctx.workdir / "cells" / f"{key}.sweep.jsonl", step, commands)
+    known = {**previous["points"], **log.read()}
 
     def score(weights: dict[str, float]) -> float:
         flags = fusion_flags(method, lm["workdir"], weights, source_lm)
-        known = previous["points"].get(_weights_key(weights))
-        val = (plain_val if flags.method is None else known if known is not None
-               else brief(decode_and_score(model, params, flags, validation)))
+        val = plain_val if flags.method is None else known.get(_weights_key(weights))
+        if val is None:
+            val = brief(decode_and_score(model, params, flags, validation))
+            log.append(weights, val)
         points.append({"weights": weights, "val": val})
         return val["bleu"]
 
@@ -319,6 +322,39 @@ def decode_time_cell(ctx: RunContext, evaluation: Evaluation, run: TrainRun, lm:
 
 def _weights_key(weights: Mapping[str, float]) -> tuple:
     return tuple(sorted(weights.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepLog:
+    """Each validation point of a sweep, appended as it is decoded: a sweep cut short (a
+    killed run) resumes at the first point it lacks. A line counts only for the same
+    checkpoint fused with the same trained models."""
+
+    path: Path
+    step: int
+    commands: Sequence[str]
+
+    def read(self) -> dict[tuple, dict[str, Any]]:
+        if not self.path.is_file():
+            return {}
+        points = {}
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a killed write
+            if entry.get("step") == self.step and entry.get("commands") == list(self.commands):
+                points[_weights_key(entry["weights"])] = entry["val"]
+        return points
+
+    def append(self, weights: Mapping[str, float], val: Mapping[str, Any]) -> None:
+        entry = {"step": self.step, "commands": list(self.commands), "weights": dict(weights),
+                 "val": dict(val)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # After a killed write the file ends mid-line: start on a line of its own.
+        cut = self.path.is_file() and not self.path.read_bytes().endswith(b"\n")
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(("\n" if cut and self.path.stat().st_size else "") + json.dumps(entry) + "\n")
 
 
 def _previous_sweep(ctx: RunContext, step: int, commands: Sequence[str]) -> dict[str, Any]:

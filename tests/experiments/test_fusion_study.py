@@ -7,11 +7,14 @@ errors."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import json
 import math
 import shlex
 import shutil
+import uuid
 from pathlib import Path
 
 import fusion_study
@@ -152,6 +155,8 @@ def test_selection_reads_the_validation_sample_only(grid, pair_corpus, monkeypat
     monkeypatch.setattr(scoring, "decode_and_score", spy)
     for cached in (grid["root"] / "work" / "eval").glob("*.json"):
         cached.unlink()  # the plain model's test decode, so that it is decoded (and seen) again
+    # and the sweep's logged points, so that each is decoded again (the cell rewrites them)
+    (grid["root"] / "work" / "cells" / "f100-transformer-shallow.sweep.jsonl").unlink()
     context = runner.RunContext(grid["root"] / "work", "cpu", study.settings, tuple(overrides))
     values = cell.run(context)
     splits = [split for split, _ in decoded]
@@ -242,53 +247,97 @@ def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
                                     args)
 
 
-def test_a_wider_weight_grid_reruns_only_the_cells_that_read_it_decoding_only_new_points(
-        grid, pair_corpus, monkeypatch):
-    """λ grid {0.2, 0.5} widened to {0.2, 0.5, 0.8}: the workdir is accepted, `none` is kept,
-    shallow fusion reruns and decodes λ 0.8 alone on validation (the other points are its
-    old record's), nothing is trained, and a report of the old grid then shows it pending."""
+@contextlib.contextmanager
+def scratch_ledger(grid):
+    """The grid's cell records, restored afterwards for the other tests."""
+    cells = grid["root"] / "work" / "cells"
+    saved = grid["root"] / f"cells-{uuid.uuid4().hex}"
+    shutil.copytree(cells, saved)
+    try:
+        yield cells, saved
+    finally:
+        shutil.rmtree(cells)
+        shutil.copytree(saved, cells)
+
+
+def count_decodes(monkeypatch) -> list[tuple[str, float]]:
+    """(split, λ) of every beam-search pass over an evaluation set from now on."""
     import lib.scoring
 
-    work = grid["root"] / "work"
-    saved = grid["root"] / "cells_before_wider_grid"
-    shutil.copytree(work / "cells", saved)
     decoded = []
+    decode_and_score = lib.scoring.decode_and_score
 
     def counting(model, params, flags, evalset):
         decoded.append((evalset.split, flags.lm_weight))
         return decode_and_score(model, params, flags, evalset)
 
-    decode_and_score = lib.scoring.decode_and_score
     monkeypatch.setattr(lib.scoring, "decode_and_score", counting)
+    return decoded
+
+
+def run_in_process(args: list[str]) -> list[runner.CellRecord]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the study names its configs relative to the repository
+        records, _ = runner.run_command_line(fusion_study.build_parser(),
+                                             fusion_study.make_study, args)
+    return records
+
+
+def sweep(record: dict) -> dict[float, dict]:
+    return {p["weights"]["lm"]: p["val"] for p in record["values"]["sweep"]}
+
+
+def test_a_wider_weight_grid_reruns_only_the_cells_that_read_it_decoding_only_new_points(
+        grid, pair_corpus, monkeypatch):
+    """λ grid {0.2, 0.5} widened to {0.2, 0.5, 0.8} on a workdir whose sweeps are in its
+    records only: the workdir is accepted, `none` is kept, shallow fusion reruns and decodes
+    λ 0.8 alone on validation, nothing is trained, and a report of the old grid then shows
+    the shallow cell pending."""
     args = grid_args(pair_corpus, grid["root"], methods=("none", "shallow"),
                      results=grid["root"] / "wider")
     wider = [*args[:args.index("--lambdas") + 1], *map(str, (*LAMBDAS, 0.8)),
              *args[args.index("--lambdas") + 1 + len(LAMBDAS):]]
-    try:
-        with monkeypatch.context() as mp:
-            mp.chdir(REPO)  # the study names its configs relative to the repository
-            records, _ = runner.run_command_line(fusion_study.build_parser(),
-                                                 fusion_study.make_study, wider)
-            old_grid = grid_args(pair_corpus, grid["root"], methods=("none", "shallow"),
-                                 results=grid["root"] / "narrower")
-            runner.run_command_line(fusion_study.build_parser(), fusion_study.make_study,
-                                    [*old_grid, "--report_only"])
-        narrower = read_csv(grid["root"] / "narrower" / "fusion_study.csv")
-    finally:
-        shutil.rmtree(work / "cells")
-        shutil.copytree(saved, work / "cells")
-    none, shallow = records
+    narrower_args = grid_args(pair_corpus, grid["root"], methods=("none", "shallow"),
+                              results=grid["root"] / "narrower")
+    with scratch_ledger(grid) as (cells, saved):
+        (cells / "f100-transformer-shallow.sweep.jsonl").unlink()  # the record's points only
+        decoded = count_decodes(monkeypatch)
+        none, shallow = run_in_process(wider)
+        run_in_process([*narrower_args, "--report_only"])
+    narrower = read_csv(grid["root"] / "narrower" / "fusion_study.csv")
     assert none.settings == {} and shallow.settings["lambdas"] == [*LAMBDAS, 0.8]
-    assert ("validation", 0.8) in decoded
     assert [d for d in decoded if d[0] == "validation"] == [("validation", 0.8)]
     chosen = shallow.values["weights"]["lm"]
     assert decoded[1:] == ([("test", chosen)] if chosen == 0.8 else [])
-    old = {p["weights"]["lm"]: p["val"] for p in json.loads(
-        (saved / "f100-transformer-shallow.json").read_text())["values"]["sweep"]}
-    new = {p["weights"]["lm"]: p["val"] for p in shallow.values["sweep"]}
+    old = sweep(json.loads((saved / "f100-transformer-shallow.json").read_text()))
+    new = sweep(dataclasses.asdict(shallow))
     assert sorted(new) == [0.0, *LAMBDAS, 0.8] and all(new[w] == old[w] for w in old)
-    assert checkpoint_mtimes(work) == grid["mtimes"]
+    assert checkpoint_mtimes(grid["root"] / "work") == grid["mtimes"]
     assert narrower["none"]["status"] == "ok" and narrower["shallow"]["status"] == "pending"
+
+
+def test_a_sweep_cut_short_resumes_at_the_first_point_it_lacks(grid, pair_corpus, monkeypatch):
+    """Shallow fusion killed while writing λ 0.5's validation point (no record, the sweep log
+    ending mid-line): the rerun decodes λ 0.5 alone on validation, then test at the choice,
+    and scores what the uninterrupted run scored."""
+    args = grid_args(pair_corpus, grid["root"], methods=("shallow",),
+                     results=grid["root"] / "resumed")
+    with scratch_ledger(grid) as (cells, saved):
+        (cells / "f100-transformer-shallow.json").unlink()
+        log = cells / "f100-transformer-shallow.sweep.jsonl"
+        lines = log.read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line)["weights"]["lm"] for line in lines] == list(LAMBDAS)
+        log.write_text(lines[0] + "\n" + lines[1][:len(lines[1]) // 2], encoding="utf-8")
+        decoded = count_decodes(monkeypatch)
+        (shallow,) = run_in_process(args)
+        resumed_log = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()
+                       if line.endswith("}")]
+    old = json.loads((saved / "f100-transformer-shallow.json").read_text())
+    chosen = shallow.values["weights"]["lm"]  # λ 0: the plain test decode, decoded once
+    assert decoded == [("validation", 0.5)] + ([("test", chosen)] if chosen else [])
+    assert sweep(dataclasses.asdict(shallow)) == sweep(old)
+    assert shallow.values["test"] == old["values"]["test"]
+    assert [e["weights"]["lm"] for e in resumed_log] == list(LAMBDAS)
 
 
 def test_report_only_tables_the_ledger_without_running_anything(grid, pair_corpus):
