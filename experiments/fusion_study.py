@@ -69,6 +69,7 @@ from typing import Any
 
 import ml_collections
 from lib import runner, tables
+from lib.method_plot import plot_methods
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
 from lib.scoring import (
@@ -436,6 +437,8 @@ def describe_task(plan: Plan, ctx: RunContext) -> str:
 #                                         one panel per backbone
 #   <results>/fusion_study_lambda.png  validation BLEU against λ, per decode-time method, one
 #                                         panel per (backbone, fraction)
+#   <results>/fusion_study_methods.png every method's test BLEU, each seed with its 95%
+#                                         interval, one panel per (fraction, backbone)
 
 COLUMNS = ("fraction", "backbone", "method", "seed", "status", "weights", "step", "val_bleu",
            "val_pinc", "test_bleu", "test_bleu_ci", "delta_none", "p_none", "delta_copy",
@@ -451,13 +454,14 @@ def write_report(report: Report, task: str) -> list[Path]:
     out = report.results_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{NAME}.md", out / f"{NAME}.csv", out / f"{NAME}_sweeps.csv",
-             out / f"{NAME}_bleu.png", out / f"{NAME}_lambda.png"]
+             out / f"{NAME}_bleu.png", out / f"{NAME}_lambda.png", out / f"{NAME}_methods.png"]
     rows = [cell_row(r) for r in report.records]
     paths[0].write_text(markdown(report, task), encoding="utf-8")
     paths[1].write_text(tables.csv_text(COLUMNS, rows), encoding="utf-8")
     paths[2].write_text(tables.csv_text(SWEEP_COLUMNS, sweep_rows(report.records)), encoding="utf-8")
     plot_bleu(report.records, paths[3])
     plot_lambda(report.records, paths[4])
+    plot_methods(report.records, ("fraction", "backbone"), paths[5])
     return paths
 
 
@@ -553,7 +557,8 @@ def markdown(report: Report, task: str) -> str:
                  tables.fmt(round(record.seconds + v.get("attributed_seconds", 0.0), 1))]
         lines.append(head + "| " + " | ".join(cells) + " |")
     lines += ["", *tables.seed_summary_lines(report, ("fraction", "backbone", "method")),
-              f"![test BLEU against data fraction]({NAME}_bleu.png)", "",
+              f"![each seed's test BLEU with its 95% interval, per method]({NAME}_methods.png)",
+              "", f"![test BLEU against data fraction]({NAME}_bleu.png)", "",
               f"![validation BLEU against λ]({NAME}_lambda.png)", ""]
     lines += tables.shared_models_lines(report)
     lines += tables.commands_lines(report)

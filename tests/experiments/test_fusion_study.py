@@ -74,7 +74,7 @@ def test_the_grid_writes_tables_and_plots_with_real_scores(grid):
     results = grid["root"] / "results"
     for name in ("fusion_study.md", "fusion_study.csv", "fusion_study_sweeps.csv"):
         assert (results / name).stat().st_size > 0
-    for name in ("fusion_study_bleu.png", "fusion_study_lambda.png"):
+    for name in ("fusion_study_bleu.png", "fusion_study_lambda.png", "fusion_study_methods.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = grid["rows"]
     assert set(rows) == set(GRID_METHODS)
