@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from lib import runner, tables
+from lib.method_plot import plot_methods
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
 from lib.scoring import METHOD_WEIGHTS, Evaluation, decode_time_cell, plain_cell
@@ -317,13 +318,14 @@ SYSTEMS = {"none": "seq2seq", "shallow": "seq2seq + LM (shallow fusion)",
 
 
 def write_report(report: Report, task: str) -> list[Path]:
-    """Writes carlson_table.md and .csv; returns their paths."""
+    """Writes carlson_table.md and .csv, and the per-row figure; returns their paths."""
     out = report.results_dir
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{NAME}.md", out / f"{NAME}.csv"]
+    paths = [out / f"{NAME}.md", out / f"{NAME}.csv", out / f"{NAME}_methods.png"]
     rows = [cell_row(r, report) for r in report.records]
     paths[0].write_text(markdown(report, task), encoding="utf-8")
     paths[1].write_text(tables.csv_text(COLUMNS, rows), encoding="utf-8")
+    plot_methods(report.records, ("row",), paths[2])
     return paths
 
 
@@ -399,6 +401,7 @@ def markdown(report: Report, task: str) -> str:
         lines.append(head + "| " + " | ".join(cells) + " |")
     lines.append("")
     lines += tables.seed_summary_lines(report, ("row", "method"))
+    lines += [f"![each system's test BLEU with its 95% interval, per row]({NAME}_methods.png)", ""]
     lines += tables.shared_models_lines(report)
     lines += tables.commands_lines(report)
     return "\n".join(lines)

@@ -127,6 +127,8 @@ def test_shallow_fuses_the_target_lm_at_the_best_validation_lambda(table):
 @pytest.mark.slow
 def test_the_markdown_table_names_rows_systems_and_provenance(table):
     md = (table["root"] / "results" / "carlson_table.md").read_text(encoding="utf-8")
+    figure = table["root"] / "results" / "carlson_table_methods.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "carlson_table_methods.png" in md
     weights = table["rows"]["shallow"]["weights"]
     assert f"| KJV→ASV | 0 | seq2seq | step {BEST} |" in md
     assert f"| KJV→ASV | 0 | seq2seq + LM (shallow fusion) | step {BEST}; {weights} |" in md
