@@ -32,6 +32,7 @@ import ml_collections
 from lib.runner import RunContext, write_json
 from lib.runs import TrainRun, kept_steps, training_facts
 from lib.shared_models import artifacts, trained, validation_perplexity
+from lib.sweeps import SweepLog, previous_sweep, weights_key
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate import protocol
 from lmfuse.evaluate.fusion_setup import FusionFlags
@@ -295,13 +296,13 @@ def decode_time_cell(ctx: RunContext, evaluation: Evaluation, run: TrainRun, lm:
     plain_val = point(chosen_step["points"], "step", step)["val"]
     points: list[dict[str, Any]] = []
     commands = [lm["command"], *([source_lm.command()] if source_lm else []), run.command()]
-    previous = _previous_sweep(ctx, step, commands)
+    previous = previous_sweep(ctx, step, commands)
     log = SweepLog(ctx.workdir / "cells" / f"{key}.sweep.jsonl", step, commands)
     known = {**previous["points"], **log.read()}
 
     def score(weights: dict[str, float]) -> float:
         flags = fusion_flags(method, lm["workdir"], weights, source_lm)
-        val = plain_val if flags.method is None else known.get(_weights_key(weights))
+        val = plain_val if flags.method is None else known.get(weights_key(weights))
         if val is None:
             val = brief(decode_and_score(model, params, flags, validation))
             log.append(weights, val)
@@ -318,56 +319,6 @@ def decode_time_cell(ctx: RunContext, evaluation: Evaluation, run: TrainRun, lm:
                     chosen, points, commands, key=key, loaded=(model, params), baseline=run)
     values.update(weights=weights, lm_perplexity=lm["perplexity"])
     return values
-
-
-def _weights_key(weights: Mapping[str, float]) -> tuple:
-    return tuple(sorted(weights.items()))
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepLog:
-    """Each validation point of a sweep, appended as it is decoded: a sweep cut short (a
-    killed run) resumes at the first point it lacks. A line counts only for the same
-    checkpoint fused with the same trained models."""
-
-    path: Path
-    step: int
-    commands: Sequence[str]
-
-    def read(self) -> dict[tuple, dict[str, Any]]:
-        if not self.path.is_file():
-            return {}
-        points = {}
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line of a killed write
-            if entry.get("step") == self.step and entry.get("commands") == list(self.commands):
-                points[_weights_key(entry["weights"])] = entry["val"]
-        return points
-
-    def append(self, weights: Mapping[str, float], val: Mapping[str, Any]) -> None:
-        entry = {"step": self.step, "commands": list(self.commands), "weights": dict(weights),
-                 "val": dict(val)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # After a killed write the file ends mid-line: start on a line of its own.
-        cut = self.path.is_file() and not self.path.read_bytes().endswith(b"\n")
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(("\n" if cut and self.path.stat().st_size else "") + json.dumps(entry) + "\n")
-
-
-def _previous_sweep(ctx: RunContext, step: int, commands: Sequence[str]) -> dict[str, Any]:
-    """When the cell reruns because its grids changed: the validation points its old record
-    decoded, and its values, if it fused the same checkpoint with the same trained models
-    (a point then decodes to the same scores); else nothing."""
-    old = ctx.previous.values if ctx.previous is not None else {}
-    same = (old.get("step") == step and old.get("weights") is not None
-            and old.get("commands", [])[:-1] == list(dict.fromkeys(commands)))
-    if not same:
-        return {"points": {}, "values": None}
-    return {"points": {_weights_key(p["weights"]): p["val"] for p in old["sweep"]},
-            "values": old}
 
 
 def finish(ctx: RunContext, evaluation: Evaluation, run: TrainRun, step: int,
