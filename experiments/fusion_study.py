@@ -153,8 +153,9 @@ SIZES = {
 PROTOCOL = {
     "lambdas": {"cpu": (0.1, 0.2, 0.3, 0.5, 0.8), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
     # λ_src and μ reach 0.5: on the 5% Transformer, seed 0, validation chose 0.3 at the edge
-    # of {0, 0.1, 0.3} for both.
-    "source_lm_weights": {"cpu": (0.1, 0.3, 0.5), "gpu": (0.1, 0.2, 0.3, 0.5)},
+    # of {0, 0.1, 0.3} for both. λ_src then moved to 0.5, the edge again, on a ridge λ ≈ λ_src,
+    # so it reaches 0.8, λ's own top.
+    "source_lm_weights": {"cpu": (0.1, 0.3, 0.5, 0.8), "gpu": (0.1, 0.2, 0.3, 0.5, 0.8)},
     "ilm_weights": {"cpu": (0.1, 0.3, 0.5), "gpu": (0.1, 0.2, 0.3, 0.5)},
     "length_rewards": {"cpu": (), "gpu": (0.5, 1.0)},
     "val_sample": {"cpu": 500, "gpu": 0},
