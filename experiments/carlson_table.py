@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lib import runner, tables
+from lib import study_cli, tables
 from lib.method_plot import plot_methods
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
@@ -417,19 +417,19 @@ def _row_name(labels: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = runner.study_parser(NAME, __doc__)
+    parser = study_cli.study_parser(NAME, __doc__)
     parser.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=None, metavar="ROW",
                         help=f"rows to run, of {' '.join(ROWS)} (default: all six, in the "
                              "paper's order)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
                         help=f"systems to run, of {' '.join(METHODS)} (default: both)")
-    runner.add_protocol_flags(parser, PROTOCOL, ("lambdas", "length_rewards"))
+    study_cli.add_protocol_flags(parser, PROTOCOL, ("lambdas", "length_rewards"))
     return parser
 
 
 def make_study(args: argparse.Namespace) -> Study:
-    settings = runner.settings_from(args, defaults(args.budget))
-    runner.check_protocol(settings)
+    settings = study_cli.settings_from(args, defaults(args.budget))
+    study_cli.check_protocol(settings)
     sizes = plan(args.budget, settings)
     rows = [r for r in ROWS if r in settings["rows"]]
     return Study(
@@ -445,7 +445,7 @@ def make_study(args: argparse.Namespace) -> Study:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return runner.main(build_parser(), make_study, argv)
+    return study_cli.main(build_parser(), make_study, argv)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
-from lib import runner, tables
+from lib import study_cli, tables
 from lib.method_plot import plot_methods
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
@@ -667,7 +667,7 @@ def plot_lambda(records: list[CellRecord], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = runner.study_parser(NAME, __doc__)
+    parser = study_cli.study_parser(NAME, __doc__)
     parser.add_argument("--fractions", nargs="+", type=float, default=None, metavar="PERCENT",
                         help="parallel-data fractions, %% of the training pairs (default 1 5 20 "
                              "100)")
@@ -676,13 +676,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbones", nargs="+", choices=tuple(BACKBONES), default=None,
                         metavar="BACKBONE",
                         help=f"encoder-decoders, of {' '.join(BACKBONES)} (default: both)")
-    runner.add_protocol_flags(parser, PROTOCOL, tuple(WEIGHT_GRIDS))
+    study_cli.add_protocol_flags(parser, PROTOCOL, tuple(WEIGHT_GRIDS))
     return parser
 
 
 def make_study(args: argparse.Namespace) -> Study:
-    settings = runner.settings_from(args, defaults(args.budget))
-    runner.check_protocol(settings)
+    settings = study_cli.settings_from(args, defaults(args.budget))
+    study_cli.check_protocol(settings)
     sizes = plan(args.budget, settings)
     cells = build_cells(sizes, settings["fractions"], settings["backbones"],
                         settings["methods"], settings["seeds"])
@@ -699,7 +699,7 @@ def make_study(args: argparse.Namespace) -> Study:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return runner.main(build_parser(), make_study, argv)
+    return study_cli.main(build_parser(), make_study, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from grid_runs import (
     run_study,
     tiny_grid_overrides,
 )
-from lib import runner
+from lib import runner, study_cli
 from lib.tables import fmt
 
 from lmfuse.config import split_override_args
@@ -243,7 +243,7 @@ def test_a_workdir_refuses_results_made_with_other_settings(grid, pair_corpus):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)  # the study names its configs relative to the repository
         with pytest.raises(LmfuseError, match="val_sample"):
-            runner.run_command_line(fusion_study.build_parser(), fusion_study.make_study,
+            study_cli.run_command_line(fusion_study.build_parser(), fusion_study.make_study,
                                     args)
 
 
@@ -278,7 +278,7 @@ def count_decodes(monkeypatch) -> list[tuple[str, float]]:
 def run_in_process(args: list[str]) -> list[runner.CellRecord]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)  # the study names its configs relative to the repository
-        records, _ = runner.run_command_line(fusion_study.build_parser(),
+        records, _ = study_cli.run_command_line(fusion_study.build_parser(),
                                              fusion_study.make_study, args)
     return records
 
@@ -392,7 +392,7 @@ def test_settings_take_the_budgets_defaults_and_types():
     args = fusion_study.build_parser().parse_args(
         ["--fractions", "5", "20", "--methods", "none", "shallow", "--test_sample", "0",
          "--length_rewards"])
-    settings = runner.settings_from(args, fusion_study.defaults("cpu"))
+    settings = study_cli.settings_from(args, fusion_study.defaults("cpu"))
     assert settings["fractions"] == (5.0, 20.0) and settings["methods"] == ("none", "shallow")
     assert settings["test_sample"] == 0 and settings["length_rewards"] == ()
     assert settings["val_sample"] >= 500  # the protocol's default validation sample
