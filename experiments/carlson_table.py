@@ -14,9 +14,10 @@ Rows, in the paper's order: KJV→ASV, public→ASV, BBE→ASV, YLT→BBE, publi
 their split (`public`: every other English version paired with the target, verse by verse).
 Systems: `none`, the row's encoder-decoder alone; `shallow`, the same checkpoint with a
 Transformer LM of the target version's train text fused in beam search, λ (and the length
-reward β) chosen on validation BLEU over grids that hold 0; and `deep`, deep fusion of the same
-LM fine-tuned from that checkpoint (the fusion study's trained method that gained on every
-seed). Models, as `lmfuse train` runs (workdirs under the study's workdir):
+reward β) chosen on validation BLEU over grids that hold 0; `ilme`, the same with μ times the
+encoder-decoder's internal LM subtracted (the fusion study's best decode-time method, μ from
+its own grid with 0); and `deep`, deep fusion of the same LM fine-tuned from that checkpoint
+(the fusion study's trained method that gained on every seed). Models, as `lmfuse train` runs (workdirs under the study's workdir):
 
     s2s_<row>       the row's encoder-decoder: configs/carlson/<row>.py (budget gpu: 3-layer
                     bi-LSTM with attention), or configs/s2s_transformer.py:tiny (budget cpu)
@@ -52,7 +53,7 @@ from lib import study_cli, tables
 from lib.method_plot import plot_methods
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
-from lib.scoring import METHOD_WEIGHTS, Evaluation, decode_time_cell, plain_cell
+from lib.scoring import Evaluation, decode_time_cell, plain_cell
 from lib.shared_models import (
     cadence,
     check_user_overrides,
@@ -63,6 +64,7 @@ from lib.shared_models import (
     user_config,
     user_overrides,
 )
+from lib.sweeps import WEIGHT_GRIDS, grids_read_by
 from lib.trained_fusion import fusion_overrides, recipe, trained_fusion_cell
 
 NAME = "carlson_table"
@@ -76,7 +78,7 @@ ROWS = {
     "public_bbe": ("public", "bbe"),
     "ylt_asv": ("ylt", "asv"),
 }
-METHODS = ("none", "shallow", "deep")
+METHODS = ("none", "shallow", "ilme", "deep")
 TRAINED = ("deep",)  # the fusion study's best trained method
 
 # Every size of both budgets, in one place. `cpu`: 6 tiny encoder-decoders with a copy output,
@@ -124,6 +126,7 @@ SIZES = {
 # The protocol's settings per budget (the command line changes them); 0 joins each grid.
 PROTOCOL = {
     "lambdas": {"cpu": (0.1, 0.2, 0.3, 0.5, 0.8), "gpu": (0.05, 0.1, 0.2, 0.3, 0.5)},
+    "ilm_weights": {"cpu": (0.1, 0.3, 0.5), "gpu": (0.1, 0.2, 0.3, 0.5)},
     "length_rewards": {"cpu": (), "gpu": (0.5, 1.0)},
     "val_sample": {"cpu": 500, "gpu": 0},
     "test_sample": {"cpu": 0, "gpu": 0},
@@ -133,6 +136,7 @@ PROTOCOL = {
 }
 
 GRID = ("rows", "methods", "seeds")  # settings that only choose cells
+GRID_FLAGS = ("lambdas", "ilm_weights", "length_rewards")  # the decode-time cells' weight grids
 
 
 def defaults(budget: str) -> dict[str, Any]:
@@ -152,7 +156,7 @@ class Plan:
     lm_overrides: tuple[str, ...]
     s2s_overrides: tuple[str, ...]
     checkpoints: int  # kept per encoder-decoder, chosen among on validation BLEU
-    grids: dict[str, tuple[float, ...]]  # shallow fusion's weights: 'lm' λ, 'length_reward' β
+    grids: dict[str, tuple[float, ...]]  # decode-time weights: 'lm' λ, 'ilm' μ, 'length_reward' β
     val_sample: int  # seeded samples (0: the whole split)
     test_sample: int
     sample_seed: int
@@ -180,8 +184,7 @@ def plan(budget: str, settings: dict[str, Any]) -> Plan:
         lm_overrides=lm,
         s2s_overrides=s2s,
         checkpoints=settings["checkpoints"],
-        grids={"lm": tuple(settings["lambdas"]),
-               "length_reward": tuple(settings["length_rewards"])},
+        grids={WEIGHT_GRIDS[name]: tuple(settings[name]) for name in GRID_FLAGS},
         val_sample=settings["val_sample"],
         test_sample=settings["test_sample"],
         sample_seed=settings["sample_seed"],
@@ -268,9 +271,9 @@ def build_cells(plan: Plan, rows: Sequence[str], methods: Sequence[str],
             for method in (m for m in METHODS if m in methods):
                 labels = {"row": row, "source": source, "target": target, "method": method,
                           "seed": seed}
-                grids = ("lambdas", "length_rewards") if method in METHOD_WEIGHTS else ()
                 cells.append(Cell(cell_key(row, method, seed), labels,
-                                  _cell_function(plan, row, method, seed), settings=grids))
+                                  _cell_function(plan, row, method, seed),
+                                  settings=grids_read_by(method)))
     return cells
 
 
@@ -314,7 +317,7 @@ COLUMNS = ("row", "source", "target", "method", "seed", "status", "step", "weigh
            "lm_perplexity", "test_sentences", "train_steps", "train_epochs", "wall_seconds",
            "bleu_signature", "device", "budget", "date", "error", "commands")
 SYSTEMS = {"none": "seq2seq", "shallow": "seq2seq + LM (shallow fusion)",
-           "deep": "seq2seq + LM (deep fusion)"}
+           "ilme": "seq2seq + LM − internal LM (ILME)", "deep": "seq2seq + LM (deep fusion)"}
 
 
 def write_report(report: Report, task: str) -> list[Path]:
@@ -367,7 +370,9 @@ def markdown(report: Report, task: str) -> str:
         *tables.header_lines(report),
         "- Systems: `none` is the row's encoder-decoder alone; `shallow` adds λ times the "
         "log-probabilities of a Transformer LM of the target version's training text (and β "
-        "per output token) in beam search; `deep` fine-tunes a gate and output layer over "
+        "per output token) in beam search; `ilme` also subtracts μ times the log-probabilities "
+        "of the encoder-decoder's internal LM (its decoder with the encoder's context zeroed; "
+        "the fusion study's best method); `deep` fine-tunes a gate and output layer over "
         "the encoder-decoder's and the frozen LM's states (Gulcehre et al. 2015), starting "
         "from the encoder-decoder's chosen checkpoint.",
         *tables.protocol_lines(report),
@@ -422,8 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"rows to run, of {' '.join(ROWS)} (default: all six, in the "
                              "paper's order)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, metavar="METHOD",
-                        help=f"systems to run, of {' '.join(METHODS)} (default: both)")
-    study_cli.add_protocol_flags(parser, PROTOCOL, ("lambdas", "length_rewards"))
+                        help=f"systems to run, of {' '.join(METHODS)} (default: all)")
+    study_cli.add_protocol_flags(parser, PROTOCOL, GRID_FLAGS)
     return parser
 
 
@@ -439,7 +444,7 @@ def make_study(args: argparse.Namespace) -> Study:
         cells=build_cells(sizes, rows, settings["methods"], settings["seeds"]),
         report=lambda report: write_report(report, describe_task(sizes, rows, report.context)),
         grid_settings=GRID,
-        cell_settings=("lambdas", "length_rewards"),  # read by the decode-time cells only
+        cell_settings=GRID_FLAGS,  # read by the decode-time cells only
         check=lambda context: check_overrides(sizes, rows, context),
     )
 

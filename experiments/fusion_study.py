@@ -73,7 +73,6 @@ from lib.method_plot import plot_methods
 from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
 from lib.scoring import (
-    METHOD_WEIGHTS,
     Evaluation,
     chosen_checkpoint,
     decode_time_cell,
@@ -90,6 +89,7 @@ from lib.shared_models import (
     user_config,
     user_overrides,
 )
+from lib.sweeps import WEIGHT_GRIDS, grids_read_by
 from lib.trained_fusion import fusion_overrides, recipe, trained_fusion_cell
 
 from lmfuse.errors import LmfuseError
@@ -164,8 +164,6 @@ PROTOCOL = {
     "seeds": {"cpu": (0,), "gpu": (0, 1, 2)},
     "checkpoints": {"cpu": 2, "gpu": 4},
 }
-WEIGHT_GRIDS = {"lambdas": "lm", "source_lm_weights": "source_lm", "ilm_weights": "ilm",
-                "length_rewards": "length_reward"}
 
 GRID = ("fractions", "methods", "backbones", "seeds")  # settings that only choose cells
 
@@ -366,12 +364,6 @@ def build_cells(plan: Plan, fractions: Sequence[float], backbones: Sequence[str]
                                       not_applicable=SAME_LM_TWICE if same_lm else "",
                                       settings=grids_read_by(method)))
     return cells
-
-
-def grids_read_by(method: str) -> tuple[str, ...]:
-    """The weight-grid settings a method's cell reads (none for trained methods)."""
-    weights = METHOD_WEIGHTS.get(method, ())
-    return tuple(name for name, weight in WEIGHT_GRIDS.items() if weight in weights)
 
 
 def _cell_function(plan: Plan, percent: float, backbone: str, method: str, seed: int):

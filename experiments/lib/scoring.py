@@ -32,20 +32,13 @@ import ml_collections
 from lib.runner import RunContext, write_json
 from lib.runs import TrainRun, kept_steps, training_facts
 from lib.shared_models import artifacts, trained, validation_perplexity
-from lib.sweeps import SweepLog, previous_sweep, weights_key
+from lib.sweeps import METHOD_WEIGHTS, SweepLog, previous_sweep, weights_key
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate import protocol
 from lmfuse.evaluate.fusion_setup import FusionFlags
 
 SCORE_KEYS = ("bleu", "chrf", "rouge_l", "pinc", "length_ratio", "copy_bleu", "copy_chrf",
               "copy_pinc", "copy_length_ratio", "num_sentences")
-# The weights each decode-time method takes, by the name `select_on_validation` grids use.
-METHOD_WEIGHTS = {
-    "shallow": ("lm", "length_reward"),
-    "density_ratio": ("lm", "source_lm", "length_reward"),
-    "ilme": ("lm", "ilm", "length_reward"),
-    "rescore": ("lm", "length_reward"),
-}
 
 
 @dataclasses.dataclass(frozen=True)

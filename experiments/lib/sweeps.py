@@ -14,6 +14,25 @@ from typing import Any
 
 from lib.runner import RunContext
 
+# The weights each decode-time method takes, by the name `select_on_validation` grids use.
+METHOD_WEIGHTS = {
+    "shallow": ("lm", "length_reward"),
+    "density_ratio": ("lm", "source_lm", "length_reward"),
+    "ilme": ("lm", "ilm", "length_reward"),
+    "rescore": ("lm", "length_reward"),
+}
+
+# The command line's grid settings and the weight of the fusion formula each one holds.
+WEIGHT_GRIDS = {"lambdas": "lm", "source_lm_weights": "source_lm", "ilm_weights": "ilm",
+                "length_rewards": "length_reward"}
+
+
+def grids_read_by(method: str) -> tuple[str, ...]:
+    """The grid settings a method's cell reads (none for trained methods): a change to one of
+    them reruns only the cells that read it."""
+    weights = METHOD_WEIGHTS.get(method, ())
+    return tuple(name for name, weight in WEIGHT_GRIDS.items() if weight in weights)
+
 
 def weights_key(weights: Mapping[str, float]) -> tuple:
     """A point's weights as a dictionary key, whatever their order."""

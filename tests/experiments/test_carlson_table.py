@@ -213,6 +213,19 @@ def test_deep_fusion_fine_tunes_the_rows_chosen_checkpoint_with_its_target_lm(tm
     assert (config.data.source, config.data.target) == ("ylt", "bbe")
 
 
+def test_each_decode_time_cell_reads_only_its_own_weight_grids():
+    # A wider μ grid reruns the ILME cells and leaves shallow fusion's standing.
+    settings = carlson_table.defaults("cpu")
+    plan = carlson_table.plan("cpu", settings)
+    cells = carlson_table.build_cells(plan, ["ylt_asv"], carlson_table.METHODS)
+    assert {c.key: c.settings for c in cells} == {
+        "ylt_asv-none": (), "ylt_asv-deep": (),
+        "ylt_asv-shallow": ("lambdas", "length_rewards"),
+        "ylt_asv-ilme": ("lambdas", "ilm_weights", "length_rewards")}
+    assert plan.grids == {"lm": settings["lambdas"], "ilm": settings["ilm_weights"],
+                          "length_reward": settings["length_rewards"]}
+
+
 def test_an_unknown_row_is_an_error_naming_the_rows(tmp_path):
     result = run_study(SCRIPT, ["--workdir", str(tmp_path / "w"), "--rows", "kjv_bbe"])
     assert result.returncode == 2
