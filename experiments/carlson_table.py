@@ -16,8 +16,9 @@ Systems: `none`, the row's encoder-decoder alone; `shallow`, the same checkpoint
 Transformer LM of the target version's train text fused in beam search, λ (and the length
 reward β) chosen on validation BLEU over grids that hold 0; `ilme`, the same with μ times the
 encoder-decoder's internal LM subtracted (the fusion study's best decode-time method, μ from
-its own grid with 0); and `deep`, deep fusion of the same LM fine-tuned from that checkpoint
-(the fusion study's trained method that gained on every seed). Models, as `lmfuse train` runs (workdirs under the study's workdir):
+its own grid with 0); `deep`, deep fusion of the same LM fine-tuned from that checkpoint;
+and `cold`, cold fusion of the LM trained from scratch under the row's budget (the fusion
+study's two trained methods that gained on every seed). Models, as `lmfuse train` runs (workdirs under the study's workdir):
 
     s2s_<row>       the row's encoder-decoder: configs/carlson/<row>.py (budget gpu: 3-layer
                     bi-LSTM with attention), or configs/s2s_transformer.py:tiny (budget cpu)
@@ -27,6 +28,8 @@ its own grid with 0); and `deep`, deep fusion of the same LM fine-tuned from tha
                     (data.versions=<target>): one per target version, shared by its rows
     deep_<row>      configs/s2s_*.py with fusion.method=deep, from s2s_<row>'s chosen
                     checkpoint (fusion.s2s_step) and lm_<target>
+    cold_<row>      the row's encoder-decoder config with fusion.method=cold and lm_<target>,
+                    trained from scratch as s2s_<row> is
 
 The protocol is `lmfuse.evaluate.protocol`'s: choices read a seeded validation sample over
 every book (--val_sample; budget gpu: the whole split), test is a seeded sample of
@@ -78,8 +81,8 @@ ROWS = {
     "public_bbe": ("public", "bbe"),
     "ylt_asv": ("ylt", "asv"),
 }
-METHODS = ("none", "shallow", "ilme", "deep")
-TRAINED = ("deep",)  # the fusion study's best trained method
+METHODS = ("none", "shallow", "ilme", "deep", "cold")
+TRAINED = ("deep", "cold")  # the fusion study's trained methods that gained on every seed
 
 # Every size of both budgets, in one place. `cpu`: 6 tiny encoder-decoders with a copy output,
 # each up to 1,200 steps (about 30 minutes here; a public row's 165k pairs are less than one
@@ -317,7 +320,8 @@ COLUMNS = ("row", "source", "target", "method", "seed", "status", "step", "weigh
            "lm_perplexity", "test_sentences", "train_steps", "train_epochs", "wall_seconds",
            "bleu_signature", "device", "budget", "date", "error", "commands")
 SYSTEMS = {"none": "seq2seq", "shallow": "seq2seq + LM (shallow fusion)",
-           "ilme": "seq2seq + LM − internal LM (ILME)", "deep": "seq2seq + LM (deep fusion)"}
+           "ilme": "seq2seq + LM − internal LM (ILME)", "deep": "seq2seq + LM (deep fusion)",
+           "cold": "seq2seq + LM (cold fusion)"}
 
 
 def write_report(report: Report, task: str) -> list[Path]:
@@ -374,7 +378,8 @@ def markdown(report: Report, task: str) -> str:
         "of the encoder-decoder's internal LM (its decoder with the encoder's context zeroed; "
         "the fusion study's best method); `deep` fine-tunes a gate and output layer over "
         "the encoder-decoder's and the frozen LM's states (Gulcehre et al. 2015), starting "
-        "from the encoder-decoder's chosen checkpoint.",
+        "from the encoder-decoder's chosen checkpoint; `cold` trains the encoder-decoder "
+        "from scratch with the frozen LM's logits gated into its output (Sriram et al. 2017).",
         *tables.protocol_lines(report),
         "- copy BLEU / copy PINC: the source copied as the output (PINC 0 by definition), the "
         "baseline a style-transfer model has to beat.",

@@ -213,13 +213,29 @@ def test_deep_fusion_fine_tunes_the_rows_chosen_checkpoint_with_its_target_lm(tm
     assert (config.data.source, config.data.target) == ("ylt", "bbe")
 
 
+def test_cold_fusion_trains_from_scratch_under_the_plain_models_budget(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    settings = carlson_table.defaults("cpu")
+    plan = carlson_table.plan("cpu", settings)
+    ctx = runner.RunContext(tmp_path, "cpu", settings, ())
+    plain = carlson_table.s2s_run(ctx, plan, "ylt_asv").load()
+    cold_run = carlson_table.s2s_run(ctx, plan, "ylt_asv", 0, "cold", 0)
+    cold = cold_run.load()
+    assert cold_run.workdir == str(tmp_path / "cold_ylt_asv")
+    assert cold.fusion.method == "cold" and cold.fusion.lm_workdir == str(tmp_path / "lm_asv")
+    assert not cold.fusion.s2s_workdir  # nothing to start from
+    assert (cold.train.steps, cold.train.patience, cold.train.stop_metric) == \
+           (plain.train.steps, plain.train.patience, plain.train.stop_metric)
+    assert cold.optimizer.learning_rate == plain.optimizer.learning_rate
+
+
 def test_each_decode_time_cell_reads_only_its_own_weight_grids():
     # A wider μ grid reruns the ILME cells and leaves shallow fusion's standing.
     settings = carlson_table.defaults("cpu")
     plan = carlson_table.plan("cpu", settings)
     cells = carlson_table.build_cells(plan, ["ylt_asv"], carlson_table.METHODS)
     assert {c.key: c.settings for c in cells} == {
-        "ylt_asv-none": (), "ylt_asv-deep": (),
+        "ylt_asv-none": (), "ylt_asv-deep": (), "ylt_asv-cold": (),
         "ylt_asv-shallow": ("lambdas", "length_rewards"),
         "ylt_asv-ilme": ("lambdas", "ilm_weights", "length_rewards")}
     assert plan.grids == {"lm": settings["lambdas"], "ilm": settings["ilm_weights"],
