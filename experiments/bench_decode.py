@@ -5,6 +5,7 @@
     python experiments/bench_decode.py --write        # also records the table in BENCHMARKS.md
     python experiments/bench_decode.py --profile      # adds per-step times and the step's writes
     python experiments/bench_decode.py --top_k 50     # top-k sampling instead of greedy
+    python experiments/bench_decode.py --beam 4 --batch_sizes 1,8 --new_tokens 64   # beam search
 
 Model: a GPT-2-shaped Transformer LM with random weights (vocab 8000, width 384, 6 layers,
 6 heads, MLP 1536, learned positions for prompt + new tokens, tanh GELU, tied head; 13.8M
@@ -35,6 +36,12 @@ Four decoders of the same function, all fp32:
 `sample(..., top_k=K)`, HF `generate(do_sample=True, top_k=K)` and the minimal program's
 `generate(..., top_k=K)`; the no-cache decoder is greedy-only and left out. Sampled tokens
 differ between decoders, so they are not compared.
+
+`--beam K` runs beam search with K beams instead: lmfuse's `beam_search(..., beam_size=K,
+eos_id=None)` (one compiled loop, the cache grown in phases) against HF `generate(num_beams=K,
+do_sample=False)`. With no EOS every hypothesis has the same length, so both rank by the sum of
+log-probs whatever their length penalties, and the best beam's tokens are compared as greedy
+tokens are. No-cache and minimal-JAX decoders have no beam search and are left out.
 
 Timing: the first call of each decoder is not counted (for lmfuse it traces and compiles;
 "compile" is that call's time minus the median counted call). Then each of `--repeats` repeats
@@ -77,7 +84,7 @@ from jax import lax
 from minimal import minimal_transformer
 
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from lmfuse.decode import DecodeStep, left_pad, lm_decode_step, sample
+from lmfuse.decode import DecodeStep, beam_search, left_pad, lm_decode_step, sample
 from lmfuse.interop import load_gpt2
 from lmfuse.models import build_model
 from lmfuse.models.transformer import TransformerLM
@@ -89,6 +96,7 @@ SHAPES = {
 PROMPT_LEN = 8  # BOS + 7 random tokens
 CHECK_TOKENS = 32  # leading tokens compared between decoders
 TARGETS = {1: 5.0, 32: 3.0}  # lmfuse / HF at these batch sizes, the acceptance bar
+BEAM_TARGET = 2.0  # lmfuse / HF for beam search, at every batch size
 DECODERS = ("lmfuse", "hf", "no_cache", "minimal_jax")
 LABELS = {"lmfuse": "lmfuse", "hf": "HF generate", "no_cache": "no cache",
           "minimal_jax": "minimal JAX"}
@@ -184,8 +192,13 @@ class LmfuseDecoder:
     params: dict
     new_tokens: int
     top_k: int = 0  # 0: greedy
+    beam: int = 0  # > 0: beam search with this many beams (the best beam's tokens)
 
     def __call__(self, prompt: np.ndarray) -> np.ndarray:
+        if self.beam:
+            out = beam_search(self.decode_step, self.params, {"prompt": jnp.asarray(prompt)},
+                              beam_size=self.beam, max_new_tokens=self.new_tokens, eos_id=None)
+            return np.asarray(out.tokens[:, 0])
         sampling = dict(temperature=1.0, top_k=self.top_k) if self.top_k else dict(temperature=0.0)
         out = sample(self.decode_step, self.params, {"prompt": jnp.asarray(prompt)},
                      jax.random.key(0), max_new_tokens=self.new_tokens, eos_id=None, **sampling)
@@ -220,13 +233,15 @@ class HfDecoder:
     model: transformers.GPT2LMHeadModel
     new_tokens: int
     top_k: int = 0
+    beam: int = 0
 
     def __call__(self, prompt: np.ndarray) -> np.ndarray:
         ids = torch.from_numpy(prompt).long()
         sampling = (dict(do_sample=True, top_k=self.top_k, temperature=1.0, top_p=1.0)
                     if self.top_k else dict(do_sample=False))
         config = transformers.GenerationConfig(
-            max_new_tokens=self.new_tokens, num_beams=1, use_cache=True, eos_token_id=None,
+            max_new_tokens=self.new_tokens, num_beams=max(self.beam, 1), use_cache=True,
+            eos_token_id=None,
             bos_token_id=BOS_ID, pad_token_id=PAD_ID, suppress_tokens=[PAD_ID], **sampling,
         )
         with torch.inference_mode():
@@ -270,6 +285,7 @@ def bench_batch(decoders: dict, batch: int, vocab: int, args) -> dict:
     median_seconds = {name: generated[name] / statistics.median(t) for name, t in tps.items()}
     return {
         "batch": batch,
+        "beam": args.beam,
         "tps": tps,
         "median": {name: statistics.median(t) for name, t in tps.items()},
         # lmfuse / each other decoder: the median of the per-repeat tokens/s ratios.
@@ -288,7 +304,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def target_text(r: dict) -> str:
-    target = TARGETS.get(r["batch"])
+    target = BEAM_TARGET if r.get("beam") else TARGETS.get(r["batch"])
     if target is None:
         return "-"
     return f">= {target:.0f}x: {'met' if r['ratio']['hf'] >= target else 'not met'}"
@@ -314,7 +330,8 @@ def print_table(results: list[dict], info: dict) -> None:
         print(f"{r['batch']:>5}" + "".join(f"{m[d]:>20,.0f}" for d in names)
               + "".join(f"{r['ratio'][d]:>20.2f}x" for d in others) + f"{target_text(r):>17}"
               + f"{r['compile_s']['lmfuse']:>11.1f}")
-        print(f"{'':>5}rows whose greedy tokens equal lmfuse's: {check_text(r)}")
+        print(f"{'':>5}rows whose {'best-beam' if r['beam'] else 'greedy'} tokens equal "
+              f"lmfuse's: {check_text(r)}")
     print("(ratios: medians of the per-repeat tokens/s ratios; below 1.0x lmfuse is slower)")
     print(f"{info['params']:,} parameters; 1-minute load average before / after: "
           f"{info['load'][0]:.2f} / {info['load'][1]:.2f}")
@@ -323,7 +340,8 @@ def print_table(results: list[dict], info: dict) -> None:
 def markdown(results: list[dict], args, info: dict) -> str:
     n = results[0]["generated"]
     names = [d for d in DECODERS if d in results[0]["tps"]]
-    mode = f"top-{args.top_k} sampling (temperature 1)" if args.top_k else "greedy"
+    mode = (f"beam search, {args.beam} beams" if args.beam else
+            f"top-{args.top_k} sampling (temperature 1)" if args.top_k else "greedy")
     no_cache = (f" (the no-cache decoder: {n['no_cache']} tokens into the same buffer)"
                 if "no_cache" in n else "")
     lines = [
@@ -340,7 +358,8 @@ def markdown(results: list[dict], args, info: dict) -> str:
         "",
         "| batch | lmfuse tok/s | HF generate tok/s | no cache tok/s | minimal JAX tok/s "
         "| lmfuse / HF (median pair ratio) | target | lmfuse / no cache | lmfuse / minimal JAX "
-        "| compile lmfuse / no cache / minimal JAX (s) | greedy tokens equal lmfuse's (rows) |",
+        "| compile lmfuse / no cache / minimal JAX (s) | greedy (beam: best beam's) tokens equal "
+        "lmfuse's (rows) |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
@@ -460,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top_k", type=int, default=0,
                         help="sample from the K most likely tokens instead of greedy (default 0: "
                              "greedy); the no-cache decoder is then left out")
+    parser.add_argument("--beam", type=int, default=0,
+                        help="beam search with this many beams instead (default 0: sampling); "
+                             "the no-cache and minimal-JAX decoders are then left out")
     parser.add_argument("--decoders", default=",".join(DECODERS),
                         help=f"comma list of the decoders to time besides lmfuse (default "
                              f"{','.join(DECODERS[1:])})")
@@ -477,13 +499,15 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = [int(b) for b in (args.batch_sizes or ("1,4" if args.quick else "1,32")).split(",")]
     if args.repeats < 1 or args.new_tokens < 1 or args.no_cache_tokens < 1 or min(batch_sizes) < 1:
         parser.error("--repeats, --new_tokens, --no_cache_tokens and batch sizes must be positive")
-    if args.top_k < 0:
-        parser.error("--top_k must be 0 (greedy) or positive")
+    if args.top_k < 0 or args.beam < 0 or (args.top_k and args.beam):
+        parser.error("--top_k and --beam are each 0 or positive, and one of them at most")
     names = {"lmfuse", *(d.strip() for d in args.decoders.split(",") if d.strip())}
     if names - set(DECODERS):
         parser.error(f"--decoders: choose from {', '.join(DECODERS[1:])}")
-    if args.top_k:
+    if args.top_k or args.beam:
         names.discard("no_cache")  # a greedy-only reference
+    if args.beam:
+        names.discard("minimal_jax")  # it has no beam search
     shape = SHAPES["quick" if args.quick else "full"]
 
     if args.threads:  # before JAX starts its CPU client, which sizes its pool by the affinity
@@ -493,8 +517,9 @@ def main(argv: list[str] | None = None) -> None:
     hf, model, params = build_models(shape, max_len=PROMPT_LEN + args.new_tokens)
     max_len = PROMPT_LEN + args.new_tokens
     every = {
-        "lmfuse": lambda: LmfuseDecoder(lm_decode_step(model), params, args.new_tokens, args.top_k),
-        "hf": lambda: HfDecoder(hf, args.new_tokens, args.top_k),
+        "lmfuse": lambda: LmfuseDecoder(lm_decode_step(model), params, args.new_tokens, args.top_k,
+                                        args.beam),
+        "hf": lambda: HfDecoder(hf, args.new_tokens, args.top_k, args.beam),
         "no_cache": lambda: LmfuseDecoder(full_forward_decode_step(model), params,
                                           min(args.no_cache_tokens, args.new_tokens)),
         "minimal_jax": lambda: minimal_decoder(shape, params, max_len, args.new_tokens, args.top_k),
@@ -520,7 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         key = (f"threads={args.threads or 'all'} new_tokens={args.new_tokens} "
                f"batch_sizes={','.join(map(str, batch_sizes))}"
-               + (f" top_k={args.top_k}" if args.top_k else ""))
+               + (f" top_k={args.top_k}" if args.top_k else "")
+               + (f" beam={args.beam}" if args.beam else ""))
         write_generated_block(Path(args.output), SECTION, "bench_decode", key,
                               markdown(results, args, info))
         print(f"wrote {args.output}")
