@@ -103,3 +103,30 @@ def test_missing_torch_names_the_install_command(hf_model, tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
     with pytest.raises(LmfuseError, match=r"pip install 'lmfuse\[interop\]'"):
         load_gpt2(tmp_path / "model.bin")
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_greedy_and_beam_search_choose_hf_generates_tokens(hf_model, ids, beams):
+    # The same weights through lmfuse's compiled decoders and HF `generate`. No EOS, so every
+    # beam has the same length and both searches rank by the sum of log-probs alone.
+    from lmfuse.decode import beam_search, lm_decode_step, sample
+    from lmfuse.tokens import PAD_ID
+
+    model_cfg, params = load_gpt2(hf_model.state_dict(), hf_config=hf_model.config)
+    step = lm_decode_step(build_model(model_cfg, vocab_size=VOCAB))
+    prompt, new = ids[:, :16], 12
+    config = transformers.GenerationConfig(
+        max_new_tokens=new, num_beams=beams, do_sample=False, use_cache=True, eos_token_id=None,
+        pad_token_id=PAD_ID, suppress_tokens=[PAD_ID])  # lmfuse's decoders never emit PAD
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor(prompt), attention_mask=torch.ones_like(
+            torch.tensor(prompt)), generation_config=config)[:, prompt.shape[1]:].numpy()
+    batch = {"prompt": jnp.asarray(prompt, jnp.int32)}
+    if beams == 1:
+        ours = sample(step, params, batch, jax.random.key(0), max_new_tokens=new,
+                      temperature=0.0, eos_id=None).tokens[:, 0]
+    else:
+        ours = beam_search(step, params, batch, beam_size=beams, max_new_tokens=new,
+                           eos_id=None).tokens[:, 0]
+    assert theirs.shape == (2, new)
+    np.testing.assert_array_equal(np.asarray(ours), theirs)
