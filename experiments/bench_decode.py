@@ -305,7 +305,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def target_text(r: dict) -> str:
     target = BEAM_TARGET if r.get("beam") else TARGETS.get(r["batch"])
-    if target is None:
+    if target is None or "hf" not in r["ratio"]:  # the target is against HF
         return "-"
     return f">= {target:.0f}x: {'met' if r['ratio']['hf'] >= target else 'not met'}"
 

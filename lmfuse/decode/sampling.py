@@ -12,6 +12,9 @@ temperature below `GREEDY_TEMPERATURE` means greedy.
 
 Work a setting does not ask for is not traced: the `seen` set is kept only for a processor that
 reads it (repetition penalty), log-probs only when returned, the n-gram ban only when n > 0.
+The loop runs in phases of growing cache size, as beam search does
+(`lmfuse.decode.cache_phases`): attention reads about the written prefix of a KV cache, not
+every slot up to the length limit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lmfuse.decode.cache_phases import FIRST_PHASE_TOKENS, grow_slots, phase_lengths, slot_axes
 from lmfuse.decode.processors import (
     DecodeContext,
     Processor,
@@ -65,12 +69,15 @@ def sample(
     processors: Sequence[Processor] = (),
     suppress_pad: bool = True,
     return_logprobs: bool = True,
+    first_phase_tokens: int = FIRST_PHASE_TOKENS,
 ) -> SampleOutput:
     """Generates `num_samples` continuations of each prompt in `batch` (see `DecodeStep`).
 
     `processors` run before the built-in sampling chain (decode-time fusion goes there).
     `no_repeat_ngram_size` n > 0: no n-gram occurs twice among a row's generated tokens
     (`repeated_ngram_ban`). `eos_id=None` generates exactly `max_new_tokens` tokens.
+    `first_phase_tokens`: new tokens the first cache phase holds (0: one phase, the whole cache
+    from the first step; `lmfuse.decode.cache_phases`).
     """
     if max_new_tokens <= 0 or num_samples <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be positive")
@@ -83,7 +90,7 @@ def sample(
     truncation = Truncation(int(top_k), float(top_p), float(min_p))
     return _generate(
         decoder, chain, truncation, greedy, bool(return_logprobs), int(max_new_tokens),
-        int(num_samples), params, batch, key,
+        int(num_samples), int(first_phase_tokens), params, batch, key,
         jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id
     )
 
@@ -95,15 +102,17 @@ def greedy(decoder: DecodeStep, params: Any, batch: Batch, *, max_new_tokens: in
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
-def _generate(decoder, chain, truncation, greedy_, with_logprobs, num_tokens, num_samples, params,
-              batch, key, eos_id):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
+def _generate(decoder, chain, truncation, greedy_, with_logprobs, num_tokens, num_samples,
+              first_phase, params, batch, key, eos_id):
     if num_samples > 1:
         # Each prompt repeated in place, so rows s*S .. s*S+S-1 are prompt s's samples.
         batch = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0), batch)
     prompt = batch["prompt"]
     rows, prompt_len = prompt.shape
-    logits, state = decoder.init(params, batch, prompt_len + num_tokens)
+    axes = slot_axes(decoder, params, batch, prompt_len) if first_phase > 0 else None
+    phases = phase_lengths(num_tokens, first_phase) if axes is not None else (num_tokens,)
+    logits, state = decoder.init(params, batch, prompt_len + phases[0])
     vocab = logits.shape[-1]
     row_ids = jnp.arange(rows)
     seen = None  # only a processor that reads it pays for its scatter per step
@@ -137,7 +146,12 @@ def _generate(decoder, chain, truncation, greedy_, with_logprobs, num_tokens, nu
         jnp.full((rows, num_tokens), PAD_ID, jnp.int32),
         jnp.zeros((rows, num_tokens), jnp.float32) if with_logprobs else None,
     )
-    _, _, _, _, _, tokens, logprobs = jax.lax.while_loop(cond, body, init)
+    out = init
+    for n, length in enumerate(phases):  # iteration i writes cache slot prompt_len + i
+        out = jax.lax.while_loop(lambda c, length=length: (c[0] < length) & cond(c), body, out)
+        if n + 1 < len(phases):
+            out = (*out[:2], grow_slots(out[2], axes, phases[n + 1] - length), *out[3:])
+    tokens, logprobs = out[5], out[6]
     lengths = jnp.sum(tokens != PAD_ID, axis=-1).astype(jnp.int32)
     def split(x):  # [rows, ...] -> [prompts, samples, ...]
         return None if x is None else x.reshape(rows // num_samples, num_samples, *x.shape[1:])

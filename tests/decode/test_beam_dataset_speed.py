@@ -5,7 +5,7 @@
 * per-prompt length limits (`row_limits`): each prompt's result equals decoding it alone with
   that limit as `max_new_tokens`, whatever else is in its batch;
 * the search runs in phases of growing cache size (`cache_phases`): tokens and scores equal
-  one phase over the whole cache;
+  one phase over the whole cache, and so do the sampler's tokens and log-probs;
 * `translate_lines` sorts lines by length and pads columns to a bucket width: each output
   equals translating that line alone, in the input order.
 """
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmfuse.decode import beam, beam_search, cache_phases, seq2seq_decode_step
+from lmfuse.decode import beam, beam_search, cache_phases, sample, seq2seq_decode_step
 from lmfuse.evaluate.translation import TranslateOptions, bucket_width, translate_lines
 from lmfuse.models import build_model, model_defaults
 from lmfuse.tokens import BOS_ID, EOS_ID
@@ -192,3 +192,30 @@ def test_cache_phases_hold_for_a_shallow_fused_lm_pair_and_an_lm_prompt():
                                      max_new_tokens=12, eos_id=None)  # every step runs
     np.testing.assert_array_equal(phased.tokens, whole.tokens)
     np.testing.assert_allclose(phased.scores, whole.scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_sampler_in_cache_phases_draws_what_one_whole_cache_draws(name, temperature):
+    # Greedy and ancestral sampling (same key, two samples per source, top-k on) through phases
+    # of 2, 4, 8 and 12 new tokens; an RNN has no slots and keeps one phase.
+    decoder, params = random_s2s(name, copy_source=True)
+    batch = batch_of(sources(5, 8, seed=4))
+    outputs = [sample(decoder, params, batch, jax.random.key(7), max_new_tokens=12,
+                      temperature=temperature, top_k=8, num_samples=2, first_phase_tokens=first)
+               for first in (2, 0)]
+    phased, whole = outputs
+    np.testing.assert_array_equal(phased.tokens, whole.tokens)
+    np.testing.assert_array_equal(phased.lengths, whole.lengths)
+    np.testing.assert_allclose(phased.logprobs, whole.logprobs, rtol=1e-5, atol=1e-6)
+
+
+def test_the_sampler_in_cache_phases_holds_for_an_lm_prompt():
+    from random_models import random_lm
+
+    lm, p_lm = random_lm("transformer", 2, VOCAB)
+    prompt = jnp.asarray([[BOS_ID, 5, 6], [0, BOS_ID, 7]], jnp.int32)  # one row left-padded
+    phased, whole = (sample(lm, p_lm, {"prompt": prompt}, jax.random.key(3), max_new_tokens=12,
+                            eos_id=None, first_phase_tokens=first) for first in (2, 0))
+    np.testing.assert_array_equal(phased.tokens, whole.tokens)
+    np.testing.assert_allclose(phased.logprobs, whole.logprobs, rtol=1e-5, atol=1e-6)

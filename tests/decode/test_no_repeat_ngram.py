@@ -164,7 +164,8 @@ def test_size_zero_traces_no_ban():
     table, batch, key = forced_table(), prompts(), jax.random.key(0)
     eos = jnp.asarray(EOS_ID, jnp.int32)
     chain = (SuppressTokens((PAD_ID,)),)
-    args = (FORCED, chain, sampling_module.Truncation(), False, True, N, 1, table, batch, key, eos)
+    args = (FORCED, chain, sampling_module.Truncation(), False, True, N, 1, 16, table, batch, key,
+            eos)
     assert "repeated_ngram_ban" not in _compiled_text(sampling_module._generate, *args)
     limits = jnp.full((batch["prompt"].shape[0],), N, jnp.int32)
     beam_args = (FORCED, chain, 2, N, 0.6, 0, 16, table, batch, eos, limits)
