@@ -352,7 +352,7 @@ def cell_row(record: CellRecord, report: Report) -> dict[str, str]:
                    val_bleu=v["val"]["bleu"], test_bleu=test["bleu"],
                    test_bleu_ci=confidence["copy"]["system"]["bleu_ci"],
                    delta_none=_delta(confidence["none"]) if fused else None,
-                   p_none=confidence["none"]["system"]["bleu_p"] if fused else None,
+                   p_none=tables.p_value(confidence["none"]) if fused else None,
                    delta_copy=_delta(confidence["copy"]),
                    p_copy=confidence["copy"]["system"]["bleu_p"],
                    test_pinc=test["pinc"], test_chrf=test["chrf"],

@@ -460,8 +460,7 @@ def write_report(report: Report, task: str) -> list[Path]:
 
 def _against(values: dict[str, Any], baseline: str) -> tuple[float | None, float | None]:
     compared = values["confidence"][baseline]
-    return (compared["system"]["bleu"] - compared["baseline"]["bleu"],
-            compared["system"]["bleu_p"])
+    return compared["system"]["bleu"] - compared["baseline"]["bleu"], tables.p_value(compared)
 
 
 def cell_row(record: CellRecord) -> dict[str, Any]:

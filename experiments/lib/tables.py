@@ -78,6 +78,12 @@ def weights_text(weights: dict[str, float] | None) -> str:
     return ", ".join(named) or "all weights 0 (no fusion)"
 
 
+def p_value(compared: dict[str, Any]) -> float | None:
+    """The paired bootstrap's p of a comparison; 1 where the outputs are identical (sacrebleu
+    would give 1/(n+1), counting only resamples that strictly exceed a zero difference)."""
+    return 1.0 if compared.get("identical") else compared["system"]["bleu_p"]
+
+
 def difference(record: CellRecord, baseline: str) -> str:
     """Test BLEU minus the baseline's ('none' or 'copy'), with sacrebleu's paired-bootstrap
     p-value; '' where the cell is its own baseline."""

@@ -116,9 +116,15 @@ def paired_bootstrap(systems: Mapping[str, Sequence[str]], references: Sequence[
                                 n_samples=resamples)()
     report: dict[str, dict[str, Any]] = {name: {} for name, _ in named}
     # sacrebleu keys its results by the metric's own name (chrF with beta 2 is 'chrF2').
+    # sacrebleu counts only resamples whose difference strictly exceeds the observed one, so
+    # a system identical to the baseline (validation chose weight 0) would get p = 1/(n+1);
+    # identical outputs differ in nothing: p = 1.
+    identical = {name: hyps == named[0][1] for name, hyps in named[1:]}
     for metric, key in (("BLEU", "bleu"), ("chrF2", "chrf")):
         for (name, _), result in zip(named, results[metric], strict=True):
             p_value = None if result.p_value is None else float(result.p_value)
+            if identical.get(name):
+                p_value = 1.0
             report[name].update({key: float(result.score), f"{key}_mean": float(result.mean),
                                  f"{key}_ci": float(result.ci), f"{key}_p": p_value})
     return report

@@ -96,6 +96,18 @@ def test_intervals_are_what_sacrebleu_prints_for_the_same_files_and_seed(tmp_pat
     assert ours["base"]["bleu_p"] is None
 
 
+def test_a_system_identical_to_its_baseline_has_p_one_not_sacrebleus_one_over_n():
+    # Validation may choose weight 0, whose output is the baseline's, line for line.
+    references = ["the cat sat on the mat", "and it came to pass", "he said unto them go"]
+    base = ["the cat sat on mat", "it came to pass", "he said to them go"]
+    other = ["the cat sat on the mat", "it came to pass", "he said them go"]
+    report = protocol.paired_bootstrap({"base": base, "same": list(base), "other": other},
+                                       references, "base", seed=7, resamples=200)
+    assert report["same"]["bleu"] == report["base"]["bleu"]
+    assert report["same"]["bleu_p"] == report["same"]["chrf_p"] == 1.0
+    assert report["other"]["bleu_p"] < 1.0  # a system that differs keeps sacrebleu's p
+
+
 def test_the_baseline_must_be_a_system():
     with pytest.raises(LmfuseError, match="baseline"):
         protocol.paired_bootstrap({"a": ["x"]}, ["x"], "none")
