@@ -54,3 +54,17 @@ def read_csv(path: Path, key: str = "method") -> dict[str, dict[str, str]]:
 def checkpoint_mtimes(work: Path) -> dict[str, int]:
     return {str(p.relative_to(work)): p.stat().st_mtime_ns
             for p in work.glob("*/checkpoints/**/*") if p.is_file()}
+
+
+def rerun_committed_cell(script: str, args: list[str], tmp_path: Path) -> dict[str, str]:
+    """Runs a study script's one cell from nothing at the CPU budget (as the committed table
+    was made) into `tmp_path`, and returns its row of the csv it writes."""
+    name = Path(script).stem
+    env = {} if "LMFUSE_DATA_DIR" in os.environ else {"LMFUSE_DATA_DIR": str(tmp_path / "data")}
+    results = tmp_path / "results"
+    result = run_study(script, ["--budget", "cpu", *args, "--workdir", str(tmp_path / "work"),
+                                "--results", str(results)], env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with (results / f"{name}.csv").open(encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    return row

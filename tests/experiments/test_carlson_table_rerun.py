@@ -8,12 +8,11 @@ so it is slow; `make test-slow` runs it."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
 from conftest import REPO
-from grid_runs import run_study
+from grid_runs import rerun_committed_cell
 
 COMMITTED = REPO / "experiments" / "results" / "carlson_table.csv"
 PREFERRED = ("ylt_asv", "kjv_asv", "bbe_asv", "ylt_bbe")  # the cheaper rows: no 'public'
@@ -28,20 +27,13 @@ def committed_plain_row() -> dict[str, str] | None:
 
 
 @pytest.mark.slow
-def test_one_committed_row_reruns_within_its_interval(tmp_path: Path, monkeypatch):
+def test_one_committed_row_reruns_within_its_interval(tmp_path: Path):
     row = committed_plain_row()
     if row is None:
         pytest.fail("experiments/results/carlson_table.csv holds no finished `none` row of "
                     "seed 0; run the table first")
-    if "LMFUSE_DATA_DIR" not in os.environ:  # else the Bible is prepared into ~/.cache
-        monkeypatch.setenv("LMFUSE_DATA_DIR", str(tmp_path / "data"))
-    results = tmp_path / "results"
-    result = run_study("experiments/carlson_table.py",
-                       ["--budget", "cpu", "--rows", row["row"], "--methods", "none",
-                        "--workdir", str(tmp_path / "work"), "--results", str(results)])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with (results / "carlson_table.csv").open(encoding="utf-8") as f:
-        (rerun,) = list(csv.DictReader(f))
+    rerun = rerun_committed_cell("experiments/carlson_table.py",
+                                 ["--rows", row["row"], "--methods", "none"], tmp_path)
     assert int(rerun["step"]) == int(row["step"])  # the same checkpoint chosen on validation
     assert rerun["test_sentences"] == row["test_sentences"]  # the same whole test split
     tolerance = max(float(row["test_bleu_ci"]), 0.5)

@@ -7,12 +7,11 @@ is slow; `make test-slow` runs it."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
 from conftest import REPO
-from grid_runs import run_study
+from grid_runs import rerun_committed_cell
 
 COMMITTED = REPO / "experiments" / "results" / "fusion_study.csv"
 
@@ -27,21 +26,15 @@ def committed_rows(method: str) -> dict[int, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_one_committed_cell_reruns_within_the_seed_spread(tmp_path: Path, monkeypatch):
+def test_one_committed_cell_reruns_within_the_seed_spread(tmp_path: Path):
     rows = committed_rows("none")
     if 0 not in rows or len(rows) < 2:
         pytest.fail("experiments/results/fusion_study.csv holds no 5% Transformer `none` "
                     "rows for seed 0 and another seed; run the study first")
-    if "LMFUSE_DATA_DIR" not in os.environ:  # else the Bible is prepared into ~/.cache
-        monkeypatch.setenv("LMFUSE_DATA_DIR", str(tmp_path / "data"))
-    results = tmp_path / "results"
-    result = run_study("experiments/fusion_study.py",
-                       ["--budget", "cpu", "--fractions", "5", "--backbones", "transformer",
-                        "--methods", "none", "--seeds", "0", "--workdir", str(tmp_path / "work"),
-                        "--results", str(results)])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with (results / "fusion_study.csv").open(encoding="utf-8") as f:
-        (rerun,) = list(csv.DictReader(f))
+    rerun = rerun_committed_cell(
+        "experiments/fusion_study.py",
+        ["--fractions", "5", "--backbones", "transformer", "--methods", "none", "--seeds", "0"],
+        tmp_path)
     bleus = [float(r["test_bleu"]) for r in rows.values()]
     spread = max(max(bleus) - min(bleus), 0.5)  # a floor for seeds that happen to agree
     committed = float(rows[0]["test_bleu"])
