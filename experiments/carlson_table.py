@@ -317,6 +317,7 @@ def _cell_function(plan: Plan, row: str, method: str, seed: int):
 #                                the command, the shared models and each cell's commands
 #   <results>/carlson_table.csv  the same, one row per cell (failed cells: status, error, no
 #                                numbers), with the signature, device, budget and date per row
+#   <results>/carlson_table_ledger.json the ledger (lib.runner): what a fresh workdir resumes from
 
 COLUMNS = ("row", "source", "target", "method", "seed", "status", "step", "weights",
            "test_bleu", "test_bleu_ci", "delta_none", "p_none", "delta_copy", "p_copy",

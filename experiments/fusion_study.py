@@ -432,6 +432,7 @@ def describe_task(plan: Plan, ctx: RunContext) -> str:
 #                                         panel per (backbone, fraction)
 #   <results>/fusion_study_methods.png every method's test BLEU, each seed with its 95%
 #                                         interval, one panel per (fraction, backbone)
+#   <results>/fusion_study_ledger.json the ledger (lib.runner): what a fresh workdir resumes from
 
 COLUMNS = ("fraction", "backbone", "method", "seed", "status", "weights", "step", "val_bleu",
            "val_pinc", "test_bleu", "test_bleu_ci", "delta_none", "p_none", "delta_copy",

@@ -14,6 +14,11 @@ result values; finished cells are kept on disk and skipped when the study runs a
   cell does not stop the others, and a rerun retries it.
 - The report is rewritten after every cell, so a long grid's partial results are always on
   disk; `report_only` rewrites it from the ledger alone, unfinished cells marked pending.
+- Beside the report, <results>/<name>_ledger.json keeps the ledger itself (identity, every
+  finished cell's record, the workdir's other json files such as artifacts.json), so it can be
+  committed with the tables: a run whose workdir lacks a cell the results' ledger holds, made
+  with the same identity and cell settings, takes that record instead of rerunning it (models
+  a new cell needs are retrained where their workdirs are gone).
 - Cells share expensive artifacts (trained models) through `RunContext.shared`: made once per
   run, with the time spent on them kept out of the asking cell's own time.
 
@@ -170,6 +175,53 @@ class Ledger:
             log.unlink()  # a retried cell that now succeeds leaves no stale traceback
         write_json(self.cells / f"{record.key}.json", dataclasses.asdict(record))
 
+    def snapshot(self) -> dict[str, Any]:
+        """The ledger as one json value: identity, finished cells, the workdir's other json."""
+        def load(path: Path) -> Any:
+            return json.loads(path.read_text(encoding="utf-8"))
+
+        files = {p.name: load(p) for p in sorted(self.workdir.glob("*.json"))
+                 if p.name != "experiment.json"}
+        cells = {p.stem: load(p) for p in sorted(self.cells.glob("*.json"))}
+        return {"identity": load(self.workdir / "experiment.json"), "files": files,
+                "cells": {key: r for key, r in cells.items()
+                          if isinstance(r, dict) and r.get("status") == OK}}
+
+    def restore(self, snapshot: dict[str, Any]) -> int:
+        """Takes from `snapshot` (`read_snapshot`'s) the finished cells this workdir lacks, and
+        the entries its json files lack; returns how many cells were restored. Cell settings
+        are checked per cell by the run, as for the workdir's own records."""
+        missing = {key: r for key, r in snapshot["cells"].items()
+                   if not (self.cells / f"{key}.json").is_file()}
+        for key, record in missing.items():
+            write_json(self.cells / f"{key}.json", record)
+        for name, content in snapshot["files"].items():
+            target = self.workdir / name
+            current = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {}
+            if isinstance(content, dict) and isinstance(current, dict):
+                write_json(target, {**content, **current})  # the workdir's own entries win
+        return len(missing)
+
+
+def read_snapshot(path: Path, identity: dict[str, Any], cell_settings: Sequence[str]
+                  ) -> dict[str, Any] | None:
+    """The ledger snapshot at `path` if it was made with `identity` (cell settings aside),
+    else None: another experiment's, or another setting's, results are never taken."""
+    if not path.is_file():
+        return None
+    snapshot = json.loads(path.read_text(encoding="utf-8"))
+
+    def kept(identity: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in identity.get("settings", {}).items()
+                    if k not in cell_settings}
+        return {**identity, "settings": settings}
+
+    return snapshot if kept(snapshot["identity"]) == kept(identity) else None
+
+
+def snapshot_path(study: Study, results_dir: Path) -> Path:
+    return results_dir / f"{study.name}_ledger.json"
+
 
 # ---------------------------------------------------------------------------------------------
 # Running
@@ -190,11 +242,16 @@ def run_study(
     if study.check is not None:
         study.check(context)
     ledger = Ledger(workdir)
-    if report_only and not (workdir / "experiment.json").is_file():
+    results_dir = Path(results_dir)
+    identity = _identity(study, overrides)
+    snapshot = read_snapshot(snapshot_path(study, results_dir), identity, study.cell_settings)
+    if report_only and not (workdir / "experiment.json").is_file() and snapshot is None:
         raise LmfuseError(f"workdir {workdir} holds no results of this experiment to report; "
                           "run it without --report_only first (or pass its --workdir)")
-    ledger.claim(_identity(study, overrides), study.cell_settings)
-    results_dir = Path(results_dir)
+    ledger.claim(identity, study.cell_settings)
+    if snapshot is not None and (restored := ledger.restore(snapshot)):
+        print(f"{study.name}: {restored} finished cell(s) restored from "
+              f"{snapshot_path(study, results_dir)} (the workdir did not hold them)", flush=True)
     if report_only:
         records = [_current(ledger.read(cell.key), cell, context) for cell in study.cells]
         _report(study, records, context, results_dir, command, final=True)
@@ -305,6 +362,8 @@ def _report(study: Study, records: list[CellRecord], context: RunContext, result
             command: str, final: bool) -> None:
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     paths = study.report(Report(study, records, context, results_dir, command, date))
+    paths.append(snapshot_path(study, results_dir))
+    write_json(paths[-1], Ledger(context.workdir).snapshot())
     if final:
         for path in paths:
             print(f"wrote {path}")

@@ -362,8 +362,41 @@ def test_report_only_tables_the_ledger_without_running_anything(grid, pair_corpu
     assert checkpoint_mtimes(work) == grid["mtimes"]
 
 
+def test_a_lost_workdir_takes_its_cells_from_the_results_ledger_and_reruns_nothing(
+        grid, pair_corpus, tmp_path):
+    """The results directory keeps the ledger beside the tables (fusion_study_ledger.json,
+    committed with them): a run in a fresh workdir takes the finished cells from there,
+    trains and decodes nothing, and reports the same rows; results made with another
+    setting are never taken."""
+    results = tmp_path / "results"
+    shutil.copytree(grid["root"] / "results", results)
+    snapshot = json.loads((results / "fusion_study_ledger.json").read_text(encoding="utf-8"))
+    assert sorted(snapshot["cells"]) == ["f100-transformer-none", "f100-transformer-shallow"]
+    artifacts = json.loads((grid["root"] / "work" / "artifacts.json").read_text(encoding="utf-8"))
+    assert snapshot["files"]["artifacts.json"] == artifacts
+
+    args = grid_args(pair_corpus, tmp_path, methods=("none", "shallow"), results=results)
+    result = fast_study(SCRIPT, args)
+    assert result.returncode == 0, result.stderr
+    assert "2 finished cell(s) restored from" in result.stdout
+    assert "[1/2] f100-transformer-none: skipped" in result.stdout
+    assert "[2/2] f100-transformer-shallow: skipped" in result.stdout
+    assert not checkpoint_mtimes(tmp_path / "work")  # nothing trained
+    rows = read_csv(results / "fusion_study.csv")
+    for method in ("none", "shallow"):
+        assert rows[method] == grid["rows"][method]
+    restored = json.loads((tmp_path / "work" / "artifacts.json").read_text(encoding="utf-8"))
+    assert restored == artifacts  # the shared models' table too
+
+    other = [*grid_args(pair_corpus, tmp_path / "other", methods=("none",), results=results)]
+    other[other.index("--sample_seed") + 1] = "4"
+    refused = fast_study(SCRIPT, [*other, "--report_only"])
+    assert refused.returncode == 2 and "holds no results of this experiment" in refused.stderr
+
+
 def test_report_only_on_an_empty_workdir_is_a_one_line_error(tmp_path):
-    result = run_study(SCRIPT, ["--workdir", str(tmp_path / "w"), "--report_only"])
+    result = run_study(SCRIPT, ["--workdir", str(tmp_path / "w"), "--results",
+                                str(tmp_path / "results"), "--report_only"])
     assert result.returncode == 2
     assert "holds no results of this experiment" in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
