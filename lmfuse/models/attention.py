@@ -43,6 +43,23 @@ def heads_projection(cfg: TransformerConfig, name: str) -> EinsumDense:
     )
 
 
+def qkv_projection(cfg: TransformerConfig, x: jax.Array) -> tuple[jax.Array, ...]:
+    """Query, key and value of x [B, T, E] in one product with the three kernels stacked
+    [E, 3, N, H] (`model.fused_qkv`): one matmul and its two gradient matmuls instead of three
+    each. The parameters stay three layers (`query`, `key`, `value`), so checkpoints and the
+    GPT-2 import keep their layout either way; stacking on a new axis keeps each kernel's
+    heads sharding. The same function as three products, not the same bits (XLA's kernels
+    block a wider product differently), hence off by default: models trained before keep
+    retraining bit for bit."""
+    dt = compute_dtype(cfg.dtype)
+    weights = [heads_projection(cfg, name).weights() for name in ("query", "key", "value")]
+    kernel = jnp.stack([w for w, _ in weights], axis=1).astype(dt)
+    qkv = jnp.einsum("bte,ejnh->btjnh", x.astype(dt), kernel)
+    if cfg.use_bias:
+        qkv = qkv + jnp.stack([b for _, b in weights]).astype(dt)
+    return tuple(constrain(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
+
+
 def output_projection(cfg: TransformerConfig) -> EinsumDense:
     """The attention output projection `out`: [B, T, N, H] -> [B, T, E]."""
     return EinsumDense(
@@ -110,7 +127,10 @@ class Attention(nn.Module):
         def project(name: str) -> jax.Array:
             return constrain(heads_projection(c, name)(x), ("batch", "length", "heads", "kv"))
 
-        q, k, v = project("query"), project("key"), project("value")  # [B, T, N, H]
+        if c.fused_qkv:
+            q, k, v = qkv_projection(c, x)  # [B, T, N, H] each
+        else:
+            q, k, v = project("query"), project("key"), project("value")
         if c.positions == "rope":
             q, k = apply_rope(q, positions), apply_rope(k, positions)
 

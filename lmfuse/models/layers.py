@@ -106,15 +106,23 @@ class EinsumDense(nn.Module):
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        kernel, bias = self.weights()
+        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        if bias is not None:
+            y = y + bias.astype(self.dtype)
+        return y
+
+    @nn.compact
+    def weights(self) -> tuple[jax.Array, jax.Array | None]:
+        """The float32 (kernel, bias or None), created on first use: for callers that apply
+        several layers' kernels in one product (`attention.qkv_projection`)."""
         init = partitioned(nn.initializers.normal(self.kernel_std), self.kernel_axes)
         kernel = self.param("kernel", init, self.kernel_shape, jnp.float32)
-        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
-        if self.use_bias:
-            bias_init = partitioned(nn.initializers.zeros, self.bias_axes)
-            y = y + self.param("bias", bias_init, self.bias_shape, jnp.float32).astype(self.dtype)
-        return y
+        if not self.use_bias:
+            return kernel, None
+        bias_init = partitioned(nn.initializers.zeros, self.bias_axes)
+        return kernel, self.param("bias", bias_init, self.bias_shape, jnp.float32)
 
 
 class Embed(nn.Module):

@@ -98,6 +98,8 @@ class TransformerConfig(ModelConfig):
     remat_policy: str = "none"  # 'none' | 'full' | 'dots' | 'dots_no_batch'
     # Passed to jax.nn.dot_product_attention: 'xla' | 'cudnn' (GPU, bf16).
     attention_impl: str = "xla"
+    # Self-attention's query, key and value as one product (`attention.qkv_projection`).
+    fused_qkv: bool = False
 
     @property
     def head_size(self) -> int:

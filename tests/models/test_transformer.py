@@ -180,6 +180,37 @@ def test_scanned_and_unscanned_layers_compute_the_same_function():
     assert jax.tree.all(jax.tree.map(np.array_equal, roundtrip, p_flat))
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_fused_qkv_is_the_same_function_on_the_same_params(scan):
+    """`model.fused_qkv` computes query, key and value in one product over the same three
+    parameter layers: the same tree, the same logits and gradients (to float rounding), and a
+    prefill-then-steps decode that matches the full forward."""
+    plain, params, apply = model_and_params(positions="rope", scan_layers=scan)
+    fused, fused_init, fused_apply = model_and_params(positions="rope", scan_layers=scan,
+                                                      fused_qkv=True)
+    assert jax.tree.map(jnp.shape, fused_init) == jax.tree.map(jnp.shape, params)
+    segs = jnp.asarray([[1] * 7 + [2] * 5, [1] * 12], jnp.int32)
+    x = tokens()
+    np.testing.assert_allclose(fused_apply({"params": params}, x, segment_ids=segs),
+                               apply({"params": params}, x, segment_ids=segs), atol=1e-5)
+
+    def loss(model, p):
+        return model.apply({"params": p}, x, segment_ids=segs).mean()
+
+    g_plain = jit(jax.grad(functools.partial(loss, plain)))(params)
+    g_fused = jit(jax.grad(functools.partial(loss, fused)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g_plain, g_fused)
+
+    cache = fused.init_cache(batch_size=2, max_len=16)
+    logits, cache = fused_apply({"params": params}, x[:, :5], cache=cache, cache_index=0)
+    steps = [logits]
+    for i in range(5, T):
+        logits, cache = fused_apply({"params": params}, x[:, i:i + 1], cache=cache, cache_index=i)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1),
+                               apply({"params": params}, x), atol=1e-5)
+
+
 def test_scanned_params_carry_a_layers_axis():
     model = build_model(tiny_cfg(scan_layers=True), VOCAB)
     boxed = jax.eval_shape(model.init, jax.random.key(0), tokens())["params"]  # shapes suffice
