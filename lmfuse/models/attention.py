@@ -16,7 +16,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lmfuse.models.layers import EinsumDense, apply_rope, compute_dtype, constrain, segment_mask
+from lmfuse.models.layers import (
+    EinsumDense,
+    apply_rope,
+    compute_dtype,
+    constrain,
+    rows_product,
+    segment_mask,
+)
 
 if TYPE_CHECKING:
     from lmfuse.models.transformer import TransformerConfig
@@ -37,6 +44,7 @@ def heads_projection(cfg: TransformerConfig, name: str) -> EinsumDense:
         bias_shape=(cfg.num_heads, cfg.head_size),
         bias_axes=("heads", "kv"),
         equation="bte,enh->btnh",
+        contracted=1 if cfg.fused_qkv else 0,
         use_bias=cfg.use_bias,
         dtype=compute_dtype(cfg.dtype),
         name=name,
@@ -44,17 +52,18 @@ def heads_projection(cfg: TransformerConfig, name: str) -> EinsumDense:
 
 
 def qkv_projection(cfg: TransformerConfig, x: jax.Array) -> tuple[jax.Array, ...]:
-    """Query, key and value of x [B, T, E] in one product with the three kernels stacked
-    [E, 3, N, H] (`model.fused_qkv`): one matmul and its two gradient matmuls instead of three
-    each. The parameters stay three layers (`query`, `key`, `value`), so checkpoints and the
-    GPT-2 import keep their layout either way; stacking on a new axis keeps each kernel's
-    heads sharding. The same function as three products, not the same bits (XLA's kernels
-    block a wider product differently), hence off by default: models trained before keep
-    retraining bit for bit."""
+    """Query, key and value of x [B, T, E] in one product over rows with the three kernels
+    stacked [E, 3, N, H] (`model.fused_qkv`): one matmul and its two gradient matmuls instead
+    of three each. The parameters stay three layers (`query`, `key`, `value`), so checkpoints
+    and the GPT-2 import keep their layout either way; stacking on a new axis keeps each
+    kernel's heads sharding. With the flag the other attention projections run on rows too
+    (`layers.rows_product`). The same function as the default path, not the same bits (XLA's
+    kernels block the products differently), hence off by default: models trained before
+    retrain bit for bit."""
     dt = compute_dtype(cfg.dtype)
     weights = [heads_projection(cfg, name).weights() for name in ("query", "key", "value")]
     kernel = jnp.stack([w for w, _ in weights], axis=1).astype(dt)
-    qkv = jnp.einsum("bte,ejnh->btjnh", x.astype(dt), kernel)
+    qkv = rows_product(x.astype(dt), kernel, 1)  # [B, T, 3, N, H]
     if cfg.use_bias:
         qkv = qkv + jnp.stack([b for _, b in weights]).astype(dt)
     return tuple(constrain(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
@@ -68,6 +77,7 @@ def output_projection(cfg: TransformerConfig) -> EinsumDense:
         bias_shape=(cfg.emb_dim,),
         bias_axes=("embed",),
         equation="btnh,nhe->bte",
+        contracted=2 if cfg.fused_qkv else 0,
         kernel_std=residual_std(cfg),
         use_bias=cfg.use_bias,
         dtype=compute_dtype(cfg.dtype),
