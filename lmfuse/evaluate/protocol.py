@@ -86,11 +86,23 @@ def select_on_validation(grids: Mapping[str, Sequence[float]],
     return best, best_score
 
 
+# sacrebleu's paired test passes its seed on as `seed if seed else None`, so SACREBLEU_SEED=0
+# draws unseeded resamples (p-values and intervals that change from run to run). Seed 0 is
+# handed to it as this value instead; every other seed as itself.
+SACREBLEU_SEED_FOR_ZERO = 2**31 - 1
+
+
+def sacrebleu_seed(seed: int) -> int:
+    """The SACREBLEU_SEED that reproduces lmfuse's paired bootstrap with `seed` (for the
+    sacrebleu command line: `SACREBLEU_SEED=<this> sacrebleu ... --paired-bs`)."""
+    return seed if seed else SACREBLEU_SEED_FOR_ZERO
+
+
 @contextlib.contextmanager
 def _sacrebleu_seed(seed: int) -> Iterator[None]:
     """sacrebleu reads its resampling seed from SACREBLEU_SEED at each test."""
     previous = os.environ.get("SACREBLEU_SEED")
-    os.environ["SACREBLEU_SEED"] = str(seed)
+    os.environ["SACREBLEU_SEED"] = str(sacrebleu_seed(seed))
     try:
         yield
     finally:

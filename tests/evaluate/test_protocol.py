@@ -96,6 +96,18 @@ def test_intervals_are_what_sacrebleu_prints_for_the_same_files_and_seed(tmp_pat
     assert ours["base"]["bleu_p"] is None
 
 
+def test_seed_zero_is_reproducible_though_sacrebleu_reads_it_as_no_seed():
+    """sacrebleu's paired test turns SACREBLEU_SEED=0 into an unseeded draw; lmfuse's seed 0
+    (the studies' sample seed) must still give the same p-values and intervals every run."""
+    references = [f"and the word of the lord came unto {n} saying" for n in range(40)]
+    base = [f"the word of the lord came to {n} saying" for n in range(40)]
+    system = [r if n % 3 else b for n, (r, b) in enumerate(zip(references, base, strict=True))]
+    runs = [protocol.paired_bootstrap({"base": base, "sys": system}, references, "base",
+                                      seed=0, resamples=200) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert protocol.sacrebleu_seed(0) != 0 and protocol.sacrebleu_seed(7) == 7
+
+
 def test_a_system_identical_to_its_baseline_has_p_one_not_sacrebleus_one_over_n():
     # Validation may choose weight 0, whose output is the baseline's, line for line.
     references = ["the cat sat on the mat", "and it came to pass", "he said unto them go"]
