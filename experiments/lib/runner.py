@@ -147,9 +147,8 @@ class Ledger:
         `cell_settings` are checked per cell instead (a workdir may list them from before)."""
         path = self.workdir / "experiment.json"
         if path.is_file():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            stored["settings"] = {k: v for k, v in stored.get("settings", {}).items()
-                                  if k not in cell_settings}
+            stored = without_cell_settings(json.loads(path.read_text(encoding="utf-8")),
+                                           cell_settings)
             for name in sorted(set(stored) | set(identity)):
                 if stored.get(name) != identity.get(name):
                     raise LmfuseError(
@@ -210,13 +209,17 @@ def read_snapshot(path: Path, identity: dict[str, Any], cell_settings: Sequence[
     if not path.is_file():
         return None
     snapshot = json.loads(path.read_text(encoding="utf-8"))
+    same = (without_cell_settings(snapshot["identity"], cell_settings)
+            == without_cell_settings(identity, cell_settings))
+    return snapshot if same else None
 
-    def kept(identity: dict[str, Any]) -> dict[str, Any]:
-        settings = {k: v for k, v in identity.get("settings", {}).items()
-                    if k not in cell_settings}
-        return {**identity, "settings": settings}
 
-    return snapshot if kept(snapshot["identity"]) == kept(identity) else None
+def without_cell_settings(identity: dict[str, Any], cell_settings: Sequence[str]
+                          ) -> dict[str, Any]:
+    """An experiment identity without the settings checked per cell (a workdir or a snapshot
+    may list them from before)."""
+    settings = {k: v for k, v in identity.get("settings", {}).items() if k not in cell_settings}
+    return {**identity, "settings": settings}
 
 
 def snapshot_path(study: Study, results_dir: Path) -> Path:

@@ -53,20 +53,21 @@ def heads_projection(cfg: TransformerConfig, name: str) -> EinsumDense:
 
 def qkv_projection(cfg: TransformerConfig, x: jax.Array) -> tuple[jax.Array, ...]:
     """Query, key and value of x [B, T, E] in one product over rows with the three kernels
-    stacked [E, 3, N, H] (`model.fused_qkv`): one matmul and its two gradient matmuls instead
+    stacked [E, N, 3, H] (`model.fused_qkv`): one matmul and its two gradient matmuls instead
     of three each. The parameters stay three layers (`query`, `key`, `value`), so checkpoints
-    and the GPT-2 import keep their layout either way; stacking on a new axis keeps each
-    kernel's heads sharding. With the flag the other attention projections run on rows too
+    and the GPT-2 import keep their layout either way. With the flag the other attention projections run on rows too
     (`layers.rows_product`). The same function as the default path, not the same bits (XLA's
     kernels block the products differently), hence off by default: models trained before
     retrain bit for bit."""
     dt = compute_dtype(cfg.dtype)
     weights = [heads_projection(cfg, name).weights() for name in ("query", "key", "value")]
-    kernel = jnp.stack([w for w, _ in weights], axis=1).astype(dt)
-    qkv = rows_product(x.astype(dt), kernel, 1)  # [B, T, 3, N, H]
+    # [E, N, 3, H]: heads stay the major axis of the flattened (N, 3, H), so a kernel sharded
+    # over heads flattens without resharding.
+    kernel = jnp.stack([w for w, _ in weights], axis=2).astype(dt)
+    qkv = rows_product(x.astype(dt), kernel, 1)  # [B, T, N, 3, H]
     if cfg.use_bias:
-        qkv = qkv + jnp.stack([b for _, b in weights]).astype(dt)
-    return tuple(constrain(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
+        qkv = qkv + jnp.stack([b for _, b in weights], axis=1).astype(dt)
+    return tuple(constrain(qkv[:, :, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
 
 
 def output_projection(cfg: TransformerConfig) -> EinsumDense:
