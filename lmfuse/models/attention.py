@@ -55,8 +55,8 @@ def qkv_projection(cfg: TransformerConfig, x: jax.Array) -> tuple[jax.Array, ...
     """Query, key and value of x [B, T, E] in one product over rows with the three kernels
     stacked [E, N, 3, H] (`model.fused_qkv`): one matmul and its two gradient matmuls instead
     of three each. The parameters stay three layers (`query`, `key`, `value`), so checkpoints
-    and the GPT-2 import keep their layout either way. With the flag the other attention projections run on rows too
-    (`layers.rows_product`). The same function as the default path, not the same bits (XLA's
+    and the GPT-2 import keep their layout either way. With the flag the other attention
+    projections run on rows too (`layers.rows_product`). The same function as the default path, not the same bits (XLA's
     kernels block the products differently), hence off by default: models trained before
     retrain bit for bit."""
     dt = compute_dtype(cfg.dtype)
