@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,8 @@ import time
 from pathlib import Path
 
 from bench_train import cpu_model, write_generated_block
+
+from lmfuse.train import integrity
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Decoding a dataset (CPU)"
@@ -51,6 +54,47 @@ def run_eval(tree: Path, workdir: Path, split: str, sample: int, output: Path, c
     if done.returncode != 0:
         sys.exit(f"bench_eval: lmfuse eval failed in {tree}:\n{done.stderr[-2000:]}")
     return seconds
+
+
+def model_defaults_in(tree: Path) -> dict:
+    """The model config defaults of the lmfuse sources in `tree`."""
+    code = ("import json; from lmfuse.models.registry import model_defaults; "
+            "print(json.dumps(model_defaults().to_dict()))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tree, env={
+        **os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def workdir_for_old_side(workdir: Path, old_tree: Path, copy: Path) -> Path:
+    """`workdir` as the old tree can read it: a copy whose config leaves out the model keys
+    added since, when they hold their default (a new key's default keeps the behaviour that
+    predates it, so the old side computes the same model). A key set otherwise stops here."""
+    config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+    old, new = model_defaults_in(old_tree), model_defaults_in(ROOT)
+    added = sorted(set(config["model"]) - set(old))
+    if not added:
+        return workdir
+    changed = [key for key in added if config["model"][key] != new.get(key)]
+    if changed:
+        sys.exit(f"bench_eval: {workdir} sets model.{changed[0]}={config['model'][changed[0]]!r}, "
+                 "which the old revision predates; benchmark a workdir trained with its default")
+    shutil.copytree(workdir, copy)
+    config["model"] = {key: value for key, value in config["model"].items() if key in old}
+    (copy / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    # Each checkpoint keeps its own config item, signed in its integrity record: edit and
+    # re-sign the copy's, so the old side reads them as intact.
+    for config_file in sorted(copy.glob(f"checkpoints/*/config/{integrity.JSON_FILE}")):
+        stored = json.loads(config_file.read_text(encoding="utf-8"))
+        stored["model"] = {key: value for key, value in stored["model"].items() if key in old}
+        config_file.write_text(json.dumps(stored), encoding="utf-8")
+        record_file = config_file.parents[1] / integrity.ITEM / integrity.JSON_FILE
+        if record_file.is_file():
+            record = json.loads(record_file.read_text(encoding="utf-8"))
+            record["digests"]["config"] = integrity.json_digest(stored)
+            record_file.write_text(json.dumps(record), encoding="utf-8")
+    print(f"old side: a copy of the workdir without model.{', model.'.join(added)} "
+          "(at their defaults)", flush=True)
+    return copy
 
 
 def read_side(output: Path) -> dict:
@@ -114,17 +158,18 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
                         str(old_tree), args.old], check=True)
         try:
+            old_workdir = workdir_for_old_side(workdir, old_tree, Path(tmp) / "old-workdir")
             warm_cache = str(Path(tmp) / "warm-cache")
             print("filling the compilation cache (untimed) ...", flush=True)
             run_eval(ROOT, workdir, args.split, args.sample, Path(tmp) / "fill.json", warm_cache)
             load_before = os.getloadavg()[0]
             wall = {side: [] for side in SIDES}
             for run in range(args.runs):
-                sides = (("old", old_tree, "off"),
-                         ("new", ROOT, str(Path(tmp) / f"empty-cache-{run}")),
-                         ("warm", ROOT, warm_cache))
-                for side, tree, cache in sides:
-                    seconds = run_eval(tree, workdir, args.split, args.sample,
+                sides = (("old", old_tree, old_workdir, "off"),
+                         ("new", ROOT, workdir, str(Path(tmp) / f"empty-cache-{run}")),
+                         ("warm", ROOT, workdir, warm_cache))
+                for side, tree, side_workdir, cache in sides:
+                    seconds = run_eval(tree, side_workdir, args.split, args.sample,
                                        Path(tmp) / f"{side}.json", cache)
                     wall[side].append(seconds)
                     print(f"run {run + 1} {side}: {seconds:.1f} s", flush=True)
