@@ -65,12 +65,12 @@ def model_defaults_in(tree: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def workdir_for_old_side(workdir: Path, old_tree: Path, copy: Path) -> Path:
-    """`workdir` as the old tree can read it: a copy whose config leaves out the model keys
-    added since, when they hold their default (a new key's default keeps the behaviour that
-    predates it, so the old side computes the same model). A key set otherwise stops here."""
+def workdir_for_old_side(workdir: Path, old: dict, new: dict, copy: Path) -> Path:
+    """`workdir` as a tree with model config defaults `old` can read it (`new`: this tree's):
+    a copy whose config leaves out the model keys added since, when they hold their default
+    (a new key's default keeps the behaviour that predates it, so the old side computes the
+    same model). A key set otherwise stops here."""
     config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
-    old, new = model_defaults_in(old_tree), model_defaults_in(ROOT)
     added = sorted(set(config["model"]) - set(old))
     if not added:
         return workdir
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
                         str(old_tree), args.old], check=True)
         try:
-            old_workdir = workdir_for_old_side(workdir, old_tree, Path(tmp) / "old-workdir")
+            old_workdir = workdir_for_old_side(workdir, model_defaults_in(old_tree),
+                                               model_defaults_in(ROOT), Path(tmp) / "old-workdir")
             warm_cache = str(Path(tmp) / "warm-cache")
             print("filling the compilation cache (untimed) ...", flush=True)
             run_eval(ROOT, workdir, args.split, args.sample, Path(tmp) / "fill.json", warm_cache)
