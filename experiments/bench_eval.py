@@ -78,14 +78,17 @@ def workdir_for_old_side(workdir: Path, old: dict, new: dict, copy: Path) -> Pat
     if changed:
         sys.exit(f"bench_eval: {workdir} sets model.{changed[0]}={config['model'][changed[0]]!r}, "
                  "which the old revision predates; benchmark a workdir trained with its default")
+    def without_added(model: dict) -> dict:
+        return {key: value for key, value in model.items() if key in old}
+
     shutil.copytree(workdir, copy)
-    config["model"] = {key: value for key, value in config["model"].items() if key in old}
+    config["model"] = without_added(config["model"])
     (copy / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     # Each checkpoint keeps its own config item, signed in its integrity record: edit and
     # re-sign the copy's, so the old side reads them as intact.
     for config_file in sorted(copy.glob(f"checkpoints/*/config/{integrity.JSON_FILE}")):
         stored = json.loads(config_file.read_text(encoding="utf-8"))
-        stored["model"] = {key: value for key, value in stored["model"].items() if key in old}
+        stored["model"] = without_added(stored["model"])
         config_file.write_text(json.dumps(stored), encoding="utf-8")
         record_file = config_file.parents[1] / integrity.ITEM / integrity.JSON_FILE
         if record_file.is_file():
