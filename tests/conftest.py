@@ -18,8 +18,14 @@ sys.path.insert(0, str(REPO / "experiments"))
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """Commands run by the tests keep their compiled programs in the test run's own directory,
-    not the user's (~/.cache/lmfuse/jax)."""
+    not the user's (~/.cache/lmfuse/jax). The test processes themselves keep JAX's persistent
+    cache off: a command run in-process (`lmfuse.cli.main`) would turn it on for every later
+    test of its worker, which then serializes each compiled program, and XLA:CPU's
+    `executable.serialize()` once crashed a worker with a segfault in an unrelated test."""
+    import jax
+
     os.environ["LMFUSE_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax-cache"))
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def asv_verses(reference: str) -> list[str]:
