@@ -50,6 +50,13 @@ FEATURES = ("inputs", "targets")
 NOISING = ("", "bert_mask", "span_corruption")
 
 
+# How the map stages are read ahead. Grain's default (16 threads, 500 examples ahead) makes each
+# `next` poll every pending example's future, which took half the host time of a translate
+# batch: 7 batches/s against 15 with these options on the KJV->ASV pipeline, the same batches
+# (experiments/bench_pipeline.py). Tokenizing holds the GIL, so more threads gain nothing.
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineOptions:
     """Everything that shapes a pipeline, separate from the config so tests can build one."""
@@ -131,7 +138,7 @@ def make_dataset(
         dataset = dataset.random_map(
             noising.SpanCorruption(noising.sentinel_ids(tokenizer.vocab_size)), seed=noise_seed
         )
-    iterable = dataset.to_iter_dataset()
+    iterable = dataset.to_iter_dataset(READ_OPTIONS)
     lengths = _lengths(options)
     if options.pack:
         iterable = grain.experimental.FirstFitPackIterDataset(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmfuse.data import augment
+from lmfuse.data import augment, pipeline
 from lmfuse.data.pipeline import PipelineOptions, make_dataset
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, train_tokenizer
 from lmfuse.errors import LmfuseError
@@ -240,3 +240,38 @@ def test_augmented_pipeline_is_deterministic_and_actually_noisy(lm_examples, tok
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert np.all(a[:, 0] == BOS_ID)
+
+
+def _batches(examples, tokenizer, options, count, state=None):
+    iterator = iter(make_dataset(examples, tokenizer, options))
+    if state is not None:
+        iterator.set_state(state)
+    return [next(iterator) for _ in range(count)], iterator.get_state()
+
+
+@pytest.mark.parametrize("view", ["lm", "translate"])
+def test_read_options_change_neither_batches_nor_checkpointed_state(
+        lm_examples, tokenizer, verses, monkeypatch, view):
+    """lmfuse reads ahead less than Grain's default (speed only): the batches, and the iterator
+    state a checkpoint holds, are those of Grain's default read options, so checkpoints written
+    under either resume under the other."""
+    if view == "lm":
+        examples, options = lm_examples, lm_options(num_epochs=None, drop_remainder=True, seed=3)
+    else:
+        examples = grain.MapDataset.source(
+            [{"source": a, "target": b} for a, b in zip(verses[:-1], verses[1:], strict=True)])
+        options = PipelineOptions(view="translate", batch_size=4, max_length=96, seq_len=96,
+                                  seed=3, shard_index=0, shard_count=1)
+    ours, our_state = _batches(examples, tokenizer, options, 6)
+    monkeypatch.setattr(pipeline, "READ_OPTIONS", grain.ReadOptions())
+    default, default_state = _batches(examples, tokenizer, options, 6)
+    _, state_at_3 = _batches(examples, tokenizer, options, 3)
+    monkeypatch.undo()
+    resumed, _ = _batches(examples, tokenizer, options, 3, state=state_at_3)
+    assert our_state == default_state
+    for want, got in zip(default, ours, strict=True):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    for want, got in zip(default[3:], resumed, strict=True):
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
