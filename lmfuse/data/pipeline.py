@@ -50,11 +50,11 @@ FEATURES = ("inputs", "targets")
 NOISING = ("", "bert_mask", "span_corruption")
 
 
-# How the map stages are read ahead. Grain's default (16 threads, 500 examples ahead) makes each
-# `next` poll every pending example's future, which took half the host time of a translate
-# batch: 7 batches/s against 15 with these options on the KJV->ASV pipeline, the same batches
-# (experiments/bench_pipeline.py). Tokenizing holds the GIL, so more threads gain nothing.
-READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
+# The map stages run in the iterating thread. Tokenizing and packing hold the GIL, so Grain's
+# default read-ahead threads (16 of them, 500 examples ahead, every pending future polled at
+# each `next`) only compete with that thread: on the KJV->ASV training pipeline, 8.5 batches/s
+# with them and 17 without, the same batches (experiments/bench_pipeline.py).
+READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
 @dataclasses.dataclass(frozen=True)
