@@ -495,3 +495,28 @@ def test_the_cpu_budget_gives_both_backbones_the_same_training_data(monkeypatch)
     user = ("--config.train.steps=7", "--config.train.epochs=0", "--config.train.patience=0")
     rnn, transformer = train(user, "rnn", "none"), train(user, "transformer", "none")
     assert rnn.steps * 2 * rnn.batch_size == transformer.steps * transformer.batch_size
+
+
+def test_all_the_pairs_train_fewer_epochs_within_the_cpu_budget(monkeypatch):
+    """60 epochs of all the pairs would be about 19,000 steps, far over the 30 minutes a model
+    may train on a CPU: the models trained from scratch on 100% get the budget's epochs for that
+    fraction, the smaller fractions keep theirs, and deep and linear fusion keep their steps."""
+    monkeypatch.chdir(REPO)
+    plan = fusion_study.plan("cpu", fusion_study.defaults("cpu"))
+    sizes = fusion_study.SIZES["cpu"]
+    ctx = runner.RunContext(Path("unused"), "cpu", {}, ())
+
+    def train(percent: float, method: str):
+        return fusion_study.s2s_run(ctx, plan, percent, "transformer", method).load().train
+
+    full = sizes["s2s_epochs_by_fraction"][100.0]
+    assert 0 < full < sizes["s2s_epochs"]
+    for method in ("none", "cold", "simple_postnorm", "lm_prior"):
+        assert train(100.0, method).epochs == full and train(100.0, method).patience
+        assert train(5.0, method).epochs == train(1.0, method).epochs == sizes["s2s_epochs"]
+    for method in ("deep", "linear"):
+        assert (train(100.0, method).epochs, train(100.0, method).steps) == (
+            0, sizes[f"{method}_steps"])
+    user = runner.RunContext(Path("unused"), "cpu", {}, ("--config.train.epochs=2",))
+    assert fusion_study.s2s_run(user, plan, 100.0, "transformer").load().train.epochs == 2
+    assert fusion_study.plan("gpu", fusion_study.defaults("gpu")).epochs_by_fraction == {}
