@@ -143,18 +143,20 @@ def read_progress(manager: ocp.CheckpointManager, step: int) -> dict:
 def _read(manager: ocp.CheckpointManager, step: int, what: str, **args) -> Any:
     """Orbax's restore of `args`; what it raises on damaged files (TensorStore raises a bare
     Exception) becomes `Damaged`, after `_check_fits` has ruled out a model that differs."""
+    # Before the read, not after its failure: an orphaned read can fail in TensorStore's thread
+    # between the first failure and the except clause, and print its traceback.
+    _drop_orphaned_read_errors()
     try:
         return manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # noqa: BLE001 - any failure to read checked, fitting files is damage
-        _drop_orphaned_read_errors()
         raise Damaged(step, f"its {what} cannot be read: {integrity.cause(e)}") from None
 
 
 def _drop_orphaned_read_errors() -> None:
     """Orbax reads arrays with asyncio.gather and closes its event loop when the first read
     fails; the reads still in flight then fail too, later, and Python prints each as an
-    "Exception ignored" traceback (dozens for one truncated file). The failure is already
-    reported as one line, so from now on those two messages, and only they, are dropped."""
+    "Exception ignored" traceback (dozens for one truncated file). A failure is reported as one
+    line, so once a checkpoint is read those two messages, and only they, are dropped."""
     previous = sys.unraisablehook
     if getattr(previous, "lmfuse_drops_orphaned_reads", False):
         return
