@@ -24,7 +24,8 @@ The report, one line each:
 
 Without a GPU it refuses (one line, exit status 2) unless --dry_run, which runs a tiny config
 on CPU in seconds and prints the same lines (MFU and the roofline need --peak_tflops and
---hbm_tbps there). --json PATH also writes the numbers.
+--hbm_tbps there). --json PATH also writes the numbers; --profile DIR traces a few more train
+steps and one more decode call with jax.profiler, for experiments/profile_summary.py.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ HBM_TBPS = (
     (("b200",), 8.0),
 )
 DECODE_REPEATS = 3
+PROFILE_STEPS = 3
+
+
+def profiled(folder: str, name: str):
+    """A jax.profiler trace into folder/name, or no trace where folder is empty."""
+    import contextlib
+
+    import jax
+
+    if not folder:
+        return contextlib.nullcontext()
+    return jax.profiler.trace(str(Path(folder) / name), create_perfetto_trace=True)
 
 
 def hbm_bandwidth(device_kind: str, override_tbps: float = 0.0) -> float | None:
@@ -102,6 +115,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--hbm_tbps", type=float, default=0.0,
                         help="per-device HBM bandwidth for the roofline (default: by device kind)")
     parser.add_argument("--json", default="", help="also write the numbers to this file")
+    parser.add_argument("--profile", default="",
+                        help="after timing, trace PROFILE_STEPS train steps and one decode call "
+                             "with jax.profiler into this folder (train/ and decode/, each with "
+                             "a perfetto_trace.json.gz that experiments/profile_summary.py reads)")
     args = parser.parse_args(rest)
     dry = args.dry_run
     defaults = {"config": DRY_CONFIG if dry else CONFIG, "steps": 3 if dry else 30,
@@ -187,6 +204,10 @@ def train(trainer, args) -> dict[str, Any]:
             metrics.append(m)
         jax.block_until_ready((state, metrics))
         seconds = time.perf_counter() - started
+        with profiled(args.profile, "train"):  # after the timing, so it costs the figures nothing
+            for i in range(PROFILE_STEPS if args.profile else 0):
+                state, _ = step(state, batches[i % len(batches)], key)
+            jax.block_until_ready(state)
     fetched = jax.device_get(metrics)
     flops_token = model_flops_per_token(config, trainer.num_params)
     peak = peak_flops_per_device(args.peak_tflops)
@@ -225,6 +246,8 @@ def decode(trainer, params, args) -> dict[str, Any]:
         started = time.perf_counter()
         jax.block_until_ready(compiled(params, batch))
         times.append(time.perf_counter() - started)
+    with profiled(args.profile, "decode"):
+        jax.block_until_ready(compiled(params, batch))
     # What each generated token reads: every parameter, and the decode state (the KV cache,
     # every slot of which the cached attention reads at each step).
     max_len = args.prompt_len + new_tokens

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import device_check
 import pytest
@@ -34,7 +35,8 @@ def number(text: str) -> float:
 
 def test_dry_run_prints_the_report(tmp_path):
     out = tmp_path / "numbers.json"
-    run = run_check("--dry_run", "--hbm_tbps", "0.05", "--json", str(out))
+    run = run_check("--dry_run", "--hbm_tbps", "0.05", "--json", str(out),
+                    "--profile", str(tmp_path / "profile"))
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     lines = {line.split(":", 1)[0]: line for line in run.stdout.splitlines() if ":" in line}
     assert lines["device_check"].endswith("; dry run")
@@ -65,6 +67,18 @@ def test_dry_run_prints_the_report(tmp_path):
         numbers["decode_tokens_per_sec"] / numbers["roofline_tokens_per_sec"])
     assert float(roofline[2]) == pytest.approx(100 * numbers["roofline_fraction"], abs=0.06)
     assert number(roofline[1]) == pytest.approx(numbers["roofline_tokens_per_sec"], abs=0.06)
+
+    # --profile traced the train steps and the decode call; a CPU trace has no GPU streams, so
+    # experiments/profile_summary.py refuses it in one line.
+    for name in ("train", "decode"):
+        traces = list((tmp_path / "profile" / name).rglob("perfetto_trace.json.gz"))
+        assert len(traces) == 1, name
+        summary = subprocess.run(
+            [sys.executable, str(REPO / "experiments" / "profile_summary.py"), str(traces[0])],
+            capture_output=True, text=True, timeout=60)
+        assert summary.returncode == 2
+        assert summary.stderr.strip().endswith("no GPU stream events in the trace: was it taken "
+                                               "on a GPU, with create_perfetto_trace=True?")
 
 
 def test_without_a_gpu_it_refuses_in_one_line():
