@@ -6,7 +6,7 @@
 
 Grid: parallel-data fraction {1, 5, 20, 100}% of the training pairs (`data.train_fraction`, a
 fixed subset, smaller fractions inside larger ones) x method {none, shallow, density_ratio,
-ilme, rescore, deep, cold, simple_postnorm, simple_prenorm, linear, lm_prior} x backbone
+ilme, rescore, deep, deep_no_lm, cold, simple_postnorm, simple_prenorm, linear, lm_prior} x backbone
 {transformer, rnn} x training seed (--seeds), on
 Bible style transfer YLT -> ASV (configs/s2s_transformer.py and configs/s2s_rnn.py). The LM is
 configs/lm_transformer.py on all ASV training text, for both backbones (the fused models take
@@ -27,7 +27,10 @@ Models, as `lmfuse train` runs (each one a workdir under the study's workdir):
                                     chosen on validation, `fusion.s2s_step`)
     <method>_<backbone>_f<p>        a trained fusion (configs/fusion.py:<method>): cold,
                                     simple_* and lm_prior from scratch with the frozen LM, deep
-                                    and linear from s2s_<backbone>_f<p>
+                                    and linear from s2s_<backbone>_f<p>; deep_no_lm is deep
+                                    fusion's control, the same training with the LM's state
+                                    zeroed (`fusion.lm_ablated`): what deep fusion gains over
+                                    it is the LM's, not more training of the output layer
     ..._s<n>                        the same with training seed n (seed 0 has no suffix)
 
 On the Bible corpus the LMs read the lm view of the target version (`data.versions`), whose
@@ -92,7 +95,7 @@ from lib.shared_models import (
     user_overrides,
 )
 from lib.sweeps import WEIGHT_GRIDS, grids_read_by
-from lib.trained_fusion import fusion_overrides, recipe, trained_fusion_cell
+from lib.trained_fusion import fusion_method, fusion_overrides, recipe, trained_fusion_cell
 
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate import protocol
@@ -100,7 +103,9 @@ from lmfuse.evaluate import protocol
 NAME = "fusion_study"
 
 DECODE_TIME = ("shallow", "density_ratio", "ilme", "rescore")
-TRAINED = ("deep", "cold", "simple_postnorm", "simple_prenorm", "linear", "lm_prior")
+# deep_no_lm: deep fusion's control, the LM's state zeroed (lib.trained_fusion.CONTROLS)
+TRAINED = ("deep", "deep_no_lm", "cold", "simple_postnorm", "simple_prenorm", "linear",
+           "lm_prior")
 METHODS = ("none", *DECODE_TIME, *TRAINED)
 BACKBONES = {"transformer": "configs/s2s_transformer.py", "rnn": "configs/s2s_rnn.py"}
 LM_CONFIG = "configs/lm_transformer.py"
@@ -265,8 +270,9 @@ def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     if percent in plan.epochs_by_fraction:  # before the recipe: deep / linear fusion count steps
         base += (override("train.epochs", plan.epochs_by_fraction[percent]),)
     if method in TRAINED:
-        base += recipe(plan.spec(f"configs/fusion.py:{method}"), method,
-                       plan.method_steps.get(method, 0))
+        trains_as = fusion_method(method)
+        base += recipe(plan.spec(f"configs/fusion.py:{trains_as}"), method,
+                       plan.method_steps.get(trains_as, 0))
     base += _scaled_steps(plan, spec, backbone, base)
     user = user_overrides(ctx, spec, base)
     defining = [override("data.train_fraction", percent / 100)]

@@ -8,6 +8,10 @@ checkpoint chosen on validation (`fusion.s2s_step`), at their config's learning 
 study's steps (`recipe`). Cold, simple and LM-prior fusion train from scratch like the plain
 model. Either way the fused model's checkpoint is chosen on validation as the plain model's
 is, and its test decode is compared with the plain model's (the cell's `none`).
+
+A control is a study method that trains as an lmfuse method with one switch (`CONTROLS`):
+`deep_no_lm` is deep fusion with the LM's state zeroed (`fusion.lm_ablated`), the same steps
+of the same output layer with nothing from the LM.
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ from lib.runs import TrainRun, ensure_trained, override
 from lib.scoring import Evaluation, chosen_checkpoint, finish, point, selection
 from lmfuse.models.fusion import PRETRAINED_S2S  # start from the plain encoder-decoder
 
+# study method: (the lmfuse fusion method it trains as, the overrides that make it a control)
+CONTROLS = {"deep_no_lm": ("deep", (("fusion.lm_ablated", True),))}
+
+
+def fusion_method(method: str) -> str:
+    """The lmfuse fusion method (`fusion.method`) a study method trains as."""
+    return CONTROLS[method][0] if method in CONTROLS else method
+
 
 def recipe(fusion_spec: str, method: str, steps: int) -> tuple[str, ...]:
     """Overrides of a trained fusion's training: for deep and linear fusion the learning rate
     of `fusion_spec` (configs/fusion.py:<method>[,variant]) and, if `steps`, a step budget
     that replaces the epoch budget and its early stopping. Nothing for the others."""
-    if method not in PRETRAINED_S2S:
+    if fusion_method(method) not in PRETRAINED_S2S:
         return ()
     from lmfuse.config import load_config
 
@@ -38,9 +50,11 @@ def recipe(fusion_spec: str, method: str, steps: int) -> tuple[str, ...]:
 def fusion_overrides(method: str, lm_workdir: str, base_workdir: str, base_step: int = 0
                      ) -> tuple[str, ...]:
     """What makes an encoder-decoder run a trained fusion: the method and its LM, and (deep,
-    linear) the plain model and checkpoint it starts from (0: its newest)."""
-    overrides = (override("fusion.method", method), override("fusion.lm_workdir", lm_workdir))
-    if method in PRETRAINED_S2S:
+    linear) the plain model and checkpoint it starts from (0: its newest); a control's switch."""
+    trains_as = fusion_method(method)
+    overrides = (override("fusion.method", trains_as), override("fusion.lm_workdir", lm_workdir))
+    overrides += tuple(override(key, value) for key, value in CONTROLS.get(method, ("", ()))[1])
+    if trains_as in PRETRAINED_S2S:
         overrides += (override("fusion.s2s_workdir", base_workdir),)
         if base_step:
             overrides += (override("fusion.s2s_step", base_step),)
@@ -55,9 +69,10 @@ def trained_fusion_cell(ctx: RunContext, evaluation: Evaluation, base: TrainRun,
     decodes test once, compared with `base`'s plain decode."""
     commands = [lm["command"]]
     base_step = chosen_checkpoint(ctx, evaluation, base)["step"]  # `none`: the baseline
-    if method in PRETRAINED_S2S:
+    starts_from_base = fusion_method(method) in PRETRAINED_S2S
+    if starts_from_base:
         commands.append(base.command())
-    run = fused_run(base_step if method in PRETRAINED_S2S else 0)
+    run = fused_run(base_step if starts_from_base else 0)
     ensure_trained(run)  # the cell's own training
     chosen = selection(ctx, evaluation, run)
     values = finish(ctx, evaluation, run, chosen["step"], None,

@@ -117,7 +117,7 @@ def split_examples(config: ml_collections.ConfigDict, split: str
         raise LmfuseError(f"--split needs a translate-view workdir, this one has {config.data.view!r}")
     ids, sources, references = [], [], []
     all_ids = corpora.example_ids(config, split)
-    dataset = corpora.load_examples(config, split).dataset
+    dataset = corpora.load_examples(config, split, in_memory=True).dataset  # a whole pass
     # By index: iterating a Grain MapDataset skips the None (filtered) examples, which would
     # shift every id after the first of them.
     for example_id, index in zip(all_ids, range(len(dataset)), strict=True):

@@ -140,6 +140,11 @@ def check_fusion(
         raise LmfuseError(
             f"fusion.weights_kind={f['weights_kind']!r} is not one of {', '.join(WEIGHTS_KINDS)}"
         )
+    if f["lm_ablated"] and method != "deep":
+        raise LmfuseError(
+            f"fusion.lm_ablated=True is deep fusion's control; fusion.method={method!r} has no "
+            "such switch (set fusion.method=deep, or leave lm_ablated unset)"
+        )
     if f["cold_dim"] <= 0:
         raise LmfuseError(f"fusion.cold_dim={f['cold_dim']} must be positive")
     if f["prior_weight"] < 0 or f["prior_temperature"] <= 0:

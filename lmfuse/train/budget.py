@@ -122,7 +122,8 @@ def rows_per_epoch(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> i
     bin."""
     options = PipelineOptions.from_config(config, "train", num_epochs=1, drop_remainder=False,
                                           shard_index=0, shard_count=1)
-    dataset = make_dataset(corpora.load_examples(config, "train").dataset, tokenizer, options)
+    examples = corpora.load_examples(config, "train", in_memory=True).dataset  # a whole pass
+    dataset = make_dataset(examples, tokenizer, options)
     rows = sum(batch["inputs"].shape[0] for batch in dataset)
     if not rows:
         raise LmfuseError("the training split has no examples; check data.files / data.corpus")

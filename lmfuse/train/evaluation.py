@@ -22,7 +22,7 @@ COUNT_KEYS = ("tokens", "words", "chars", "docs")
 def text_units(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
     """Words and characters of a split (each document also ends with EOS, counted as one)."""
     words = chars = docs = 0
-    for example in corpora.load_examples(config, split).dataset:
+    for example in corpora.load_examples(config, split, in_memory=True).dataset:  # a whole pass
         if example is None:
             continue
         text = example.get("text", example.get("target", ""))
@@ -37,7 +37,8 @@ def evaluate(trainer: Model, params, split: str = "validation", max_batches: int
     (masked-token for an MLM) accuracy."""
     config = trainer.config
     options = PipelineOptions.from_config(config, split)
-    dataset = make_dataset(corpora.load_examples(config, split).dataset, trainer.tokenizer, options)
+    examples = corpora.load_examples(config, split, in_memory=not max_batches).dataset
+    dataset = make_dataset(examples, trainer.tokenizer, options)
     per_process = options.batch_size // jax.process_count()
     nll_sum, tokens, correct = 0.0, 0.0, 0.0
     with sharding.activate(trainer.mesh, trainer.rules):

@@ -224,6 +224,16 @@ def test_in_memory_examples_equal_the_lazy_ones(data_dir):
     assert [lazy[i] for i in range(len(lazy))] == [eager[i] for i in range(len(eager))]
 
 
+def test_in_memory_training_examples_equal_the_lazy_ones(data_dir):
+    """The training loop reads a split in memory for a run of an epoch or more: the same
+    examples, so the same batches, on a train fraction as the fusion study uses."""
+    cfg = config(data_dir, "translate", **{"data.source": "ylt", "data.train_fraction": 0.05})
+    lazy = corpora.load_examples(cfg, "train").dataset
+    eager = corpora.load_examples(cfg, "train", in_memory=True).dataset
+    assert len(lazy) == len(eager) > 1_000
+    assert list(lazy) == list(eager)
+
+
 # --- what a config needs, and nothing more ----------------------------------------------------
 
 

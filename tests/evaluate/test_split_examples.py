@@ -20,7 +20,7 @@ def test_ids_stay_aligned_past_filtered_examples(monkeypatch):
     monkeypatch.setattr(corpora, "example_ids", lambda config, split: ["v1", "v2", "v3", "v4",
                                                                         "v5"])
     monkeypatch.setattr(corpora, "load_examples",
-                        lambda config, split: types.SimpleNamespace(dataset=dataset))
+                        lambda config, split, in_memory=False: types.SimpleNamespace(dataset=dataset))
     config = ml_collections.ConfigDict({"data": {"view": "translate"}})
     ids, sources, references = split_examples(config, "test")
     assert ids == ["v1", "v3", "v5"]

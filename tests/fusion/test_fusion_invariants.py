@@ -30,6 +30,7 @@ from tiny_fusion import (
     random_params,
 )
 
+from lmfuse.errors import LmfuseError
 from lmfuse.models.fusion import HEADS, FusedSeq2Seq, simple_fusion_logits, warm_start
 from lmfuse.train.optim import freeze
 from lmfuse.train.workdir import params_digest
@@ -191,6 +192,42 @@ def test_deep_fusion_at_its_start_or_with_a_closed_gate_is_the_s2s(seed, gate_bi
     for params in (at_start, closed):
         got = apply({"params": params}, hidden, method="logits_from_hidden")
         np.testing.assert_allclose(np.asarray(got), s2s_logits, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_deep_fusions_lm_ablated_control_is_w_s_alone_and_trains_nothing_else(seed):
+    """fusion.lm_ablated=True: logits = W_s s whatever the LM's state, W_l and the gate, and
+    only W_s (out_s2s) has a gradient, so the control trains what deep fusion trains of the
+    encoder-decoder, with nothing from the LM."""
+    control = fused_model("deep", "s2s_transformer", lm_ablated=True)
+    params = params_for("deep", seed=seed % 4)
+    hidden = random_hidden(seed)
+    s_logits = np.einsum("btd,dv->btv", np.asarray(hidden["s2s"], np.float64),
+                         np.asarray(params["fusion"]["out_s2s"], np.float64))
+    got = jit(control.apply, static_argnames=("method",))(
+        {"params": params}, hidden, method="logits_from_hidden")
+    np.testing.assert_allclose(np.asarray(got), s_logits, rtol=1e-4, atol=1e-4)
+    _, apply = model_and_apply("deep")  # the same params fuse the LM without the switch
+    fused = apply({"params": params}, hidden, method="logits_from_hidden")
+    assert not np.allclose(np.asarray(fused), s_logits, rtol=1e-4, atol=1e-4)
+
+    def loss(fusion):
+        logits = control.apply({"params": {**params, "fusion": fusion}}, hidden,
+                               method="logits_from_hidden")
+        return jnp.sum(jax.nn.log_softmax(logits)[..., 0])
+
+    grads = jax.grad(loss)(params["fusion"])
+    assert np.asarray(grads["out_s2s"]).any()
+    for name in ("out_lm", "gate_kernel", "gate_bias"):
+        assert not np.asarray(grads[name]).any(), name
+
+
+@pytest.mark.parametrize("method", ["cold", "simple_prenorm", "linear", "lm_prior"])
+def test_lm_ablated_is_deep_fusions_alone(method):
+    with pytest.raises(LmfuseError, match=r"fusion.lm_ablated=True is deep fusion's control; "
+                                          rf"fusion.method='{method}' has no such switch"):
+        fused_model(method, "s2s_transformer", lm_ablated=True)
 
 
 def with_a_uniform_lm(method: str, seed: int):

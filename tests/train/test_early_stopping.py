@@ -186,3 +186,29 @@ def test_a_stop_metric_the_run_cannot_give_is_a_one_line_error(text_corpus, tmp_
         train(config, tmp_path, progress=False)
     assert "\n" not in str(error.value)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("extra", "in_memory"), [
+    ({"train.epochs": 1.0}, True),  # a whole pass: the split is read in one go
+    ({"train.epochs": 0.5}, False),  # half a pass: record by record, as far as it goes
+    ({"train.steps": 3}, False),  # a step budget: the split's size is never counted
+])
+def test_a_run_of_at_least_one_epoch_reads_the_split_in_memory(
+        text_corpus, tmp_path, monkeypatch, extra, in_memory):
+    """Which way the training loop reads its split (the examples are the same either way:
+    tests/data/test_corpora.py); counting an epoch's rows always reads it whole."""
+    asked = []
+    load_examples = corpora.load_examples
+
+    def spy(config, split, in_memory=False):
+        asked.append((split, in_memory))
+        return load_examples(config, split, in_memory=in_memory)
+
+    monkeypatch.setattr(corpora, "load_examples", spy)
+    config = tiny_config(text_corpus, **{"train.eval_every": 0, "data.train_fraction": 0.25,
+                                         **extra})
+    train(config, tmp_path, progress=False)
+    reads = [flag for split, flag in asked if split == "train"]
+    assert reads[-1] == in_memory  # the loop's, after the tokenizer's and the budget's reads
+    if "train.epochs" in extra:
+        assert reads[-2] is True  # budget.rows_per_epoch's pass over the split
