@@ -15,7 +15,8 @@ p(y_t | y_<t, x) = softmax(logits_t):
       logits_t = W [s_t ; g_t h_t] = W_s s_t + g_t (W_l h_t)
     Both bases are pretrained and frozen; v, b, W_s and W_l train. W_s starts as the s2s's
     own output layer and W_l at 0, so training starts exactly from the s2s.
-    `fusion.lm_ablated=True` is its control: h_t = 0, so only W_s trains, for the same steps.
+    `fusion.lm_ablated=True` is its control: h_t = 0, so only W_s trains, for the same steps;
+    what deep fusion gains over it is the LM's, not more training of the output layer.
   cold (Sriram et al. 2017, eq. 4a-4e)
       h^LM_t = ReLU(W_h (l_t - max_v l_t) + b_h)          (4a)  [C]
       g_t = sigmoid(W_g [s_t ; h^LM_t] + b_g)              (4b)  [C], one gate per feature
@@ -137,10 +138,7 @@ class FusionConfig:
     cold_dim: int = 256  # cold: width C of h^LM, the gate and the output DNN's hidden layer
     prior_weight: float = 0.5  # lm_prior: λ of the KL term (0: plain training of the TM)
     prior_temperature: float = 2.0  # lm_prior: τ, softening both distributions in the KL
-    # deep: a control, the LM's state zeroed. W_s trains as in deep fusion, for the same steps,
-    # with nothing from the LM (W_l and the gate get no gradient): what deep fusion gains over
-    # it is the LM's, not more training of the encoder-decoder's output layer.
-    lm_ablated: bool = False
+    lm_ablated: bool = False  # deep: its control, h_LM zeroed (only W_s trains; module docstring)
 
     def frozen_bases(self) -> tuple[str, ...]:
         """The bases whose parameters never change ('s2s', 'lm')."""
@@ -180,8 +178,7 @@ class DeepFusion(nn.Module):
     @nn.compact
     def __call__(self, s: jax.Array, h: jax.Array) -> jax.Array:
         c = self.cfg
-        if c.lm_ablated:
-            h = jnp.zeros_like(h)
+        h = jnp.zeros_like(h) if c.lm_ablated else h  # the control: nothing from the LM
         v = self.param("gate_kernel", partitioned(nn.initializers.normal(0.02), ("embed",)),
                        (h.shape[-1],), jnp.float32)
         b = self.param("gate_bias", partitioned(nn.initializers.zeros, ()), (), jnp.float32)

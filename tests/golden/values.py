@@ -283,6 +283,19 @@ def config_values() -> dict:
 
 
 PARTS = ("configs", "models", "fusion", "decoding")
+# The machine the numerical parts were recorded on (golden.json's "platform" until re-recorded).
+RECORDED_ON = {"cpu": "Intel(R) Xeon(R) Processor", "jax": "0.10.2"}
+
+
+def platform() -> dict[str, str]:
+    """What the digests depend on besides lmfuse: XLA's CPU kernels differ in the last bits
+    from one processor to another (an AMD EPYC changes 5 of 10 model digests recorded on an
+    Intel Xeon), and from one jax to another."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in
+             (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return {"cpu": names[0] if names else "unknown", "jax": jax.__version__}
 
 
 def compute(parts: tuple[str, ...] = PARTS) -> dict:
@@ -305,5 +318,7 @@ if __name__ == "__main__":
     parts = tuple(a for a in sys.argv[1:] if a != "--record") or PARTS
     values = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     values.update(compute(parts))
+    if set(parts) - {"configs"}:  # numbers recorded here: this machine is the reference
+        values["platform"] = platform()
     GOLDEN.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN.relative_to(REPO)}")
