@@ -79,6 +79,7 @@ from lib.runner import OK, Cell, CellRecord, Report, RunContext, Study
 from lib.runs import TrainRun, override, size_overrides
 from lib.scoring import (
     Evaluation,
+    check_reproduced,
     chosen_checkpoint,
     decode_time_cell,
     plain_cell,
@@ -403,6 +404,7 @@ def _decode_time_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str
     run = s2s_run(ctx, plan, percent, backbone, seed=seed)
     evaluation = _evaluation(ctx, plan)
     chosen_checkpoint(ctx, evaluation, run)  # the base model before the source LM, as listed
+    check_reproduced(ctx, evaluation, run, cell_key(percent, backbone, "none", seed))
     source_lm = _source_lm(ctx, plan, percent) if method == "density_ratio" else None
     return decode_time_cell(ctx, evaluation, run, lm, method, plan.grids,
                             cell_key(percent, backbone, method, seed), source_lm)
@@ -412,8 +414,10 @@ def _trained_cell(ctx: RunContext, plan: Plan, percent: float, backbone: str,
                   method: str, seed: int) -> dict[str, Any]:
     lm = trained_lm(ctx, lm_run(ctx, plan, None))
     base = s2s_run(ctx, plan, percent, backbone, seed=seed)
+    evaluation = _evaluation(ctx, plan)
+    check_reproduced(ctx, evaluation, base, cell_key(percent, backbone, "none", seed))
     return trained_fusion_cell(
-        ctx, _evaluation(ctx, plan), base,
+        ctx, evaluation, base,
         lambda step: s2s_run(ctx, plan, percent, backbone, method, seed, step), method, lm,
         cell_key(percent, backbone, method, seed))
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import ml_collections
 
-from lib.runner import RunContext, write_json
+from lib.runner import OK, Ledger, RunContext, write_json
 from lib.runs import TrainRun, kept_steps, training_facts
 from lib.shared_models import artifacts, trained, validation_perplexity
 from lib.sweeps import METHOD_WEIGHTS, SweepLog, previous_sweep, weights_key
@@ -256,6 +256,31 @@ def plain_test(ctx: RunContext, evaluation: Evaluation, run: TrainRun) -> dict[s
         return scores
 
     return ctx.shared(f"plain_test:{run.workdir}", make)
+
+
+REPRODUCED = 1e-3  # BLEU: the same outputs score the same to the last digit
+
+
+def check_reproduced(ctx: RunContext, evaluation: Evaluation, run: TrainRun, none_key: str
+                     ) -> None:
+    """A fused cell is compared with the plain model its `none` cell scored. Where that model
+    was trained again (its workdir gone) and came out otherwise (another processor's floating
+    point, changed code), the cell would be compared with a model no row shows: refused. Read
+    from the checkpoint choice and its validation scores, so test is still decoded only once
+    every choice is made."""
+    record = Ledger(ctx.workdir).read(none_key)
+    if record is None or record.status != OK or "step" not in record.values:
+        return  # no row yet: the cell's own `none` is this model
+    chosen = chosen_checkpoint(ctx, evaluation, run)
+    step = chosen["step"]
+    bleu = point(chosen["points"], "step", step)["val"]["bleu"]
+    stored_step, stored_bleu = record.values["step"], record.values["val"]["bleu"]
+    if step != stored_step or abs(bleu - stored_bleu) > REPRODUCED:
+        raise LmfuseError(
+            f"the plain model in {Path(run.workdir).name}, trained again here, chooses step "
+            f"{step} with validation BLEU {bleu:.2f}, where its row {none_key} has step "
+            f"{stored_step} and {stored_bleu:.2f} (another processor's floating point?): run "
+            "this cell with its own none in a new --workdir and --results")
 
 
 # ---------------------------------------------------------------------------------------------
