@@ -242,13 +242,13 @@ def chosen_checkpoint(ctx: RunContext, evaluation: Evaluation, run: TrainRun) ->
 
 def plain_test(ctx: RunContext, evaluation: Evaluation, run: TrainRun) -> dict[str, Any]:
     """The plain model's test decode at its chosen checkpoint (scores and hypotheses): the
-    `none` row, and the baseline of every fused row of its group. Cached in the study's
-    evaluation directory."""
+    `none` row, and the baseline of every fused row of its group. Cached in the model's own
+    workdir, so a model trained again (its workdir gone) is decoded again."""
     def make():
         step = chosen_checkpoint(ctx, evaluation, run)["step"]
         model, params = load_step(run.workdir, step)
         test = evaluation.test(ctx, model.config)
-        cache = evaluation.directory / f"{Path(run.workdir).name}.step{step}.{test.name}.json"
+        cache = Path(run.workdir) / f"test.step{step}.{test.name}.json"
         if cache.is_file():
             return json.loads(cache.read_text(encoding="utf-8"))
         scores = decode_and_score(model, params, FusionFlags(), test)

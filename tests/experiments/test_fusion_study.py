@@ -153,8 +153,10 @@ def test_selection_reads_the_validation_sample_only(grid, pair_corpus, monkeypat
         return real(model, params, flags, evalset)
 
     monkeypatch.setattr(scoring, "decode_and_score", spy)
-    for cached in (grid["root"] / "work" / "eval").glob("*.json"):
-        cached.unlink()  # the plain model's test decode, so that it is decoded (and seen) again
+    cached = list((grid["root"] / "work").glob("s2s_*/test.step*.json"))
+    assert cached  # the plain model's test decode, kept beside its checkpoints ...
+    for path in cached:
+        path.unlink()  # ... and removed, so that it is decoded (and seen) again
     # and the sweep's logged points, so that each is decoded again (the cell rewrites them)
     (grid["root"] / "work" / "cells" / "f100-transformer-shallow.sweep.jsonl").unlink()
     context = runner.RunContext(grid["root"] / "work", "cpu", study.settings, tuple(overrides))
