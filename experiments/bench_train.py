@@ -46,7 +46,6 @@ import datetime
 import multiprocessing as mp
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -432,12 +431,9 @@ def bench_model(ctx, model: str, batch: int, args, options: dict) -> dict:
 
 
 def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return match.group(1).strip() if match else "unknown CPU"
+    from lmfuse.train.provenance import cpu_model as host_cpu  # lmfuse loads in the workers only
+
+    return host_cpu()
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:

@@ -187,12 +187,19 @@ def fusion_flags(method: str | None, lm: str | None = None,
 
 
 def device_description() -> str:
-    """The accelerator decoding runs on, as reports name it (a resumed grid may span several)."""
+    """The accelerator decoding runs on, as reports name it (a resumed grid may span several).
+    On CPU also the processor: XLA's CPU kernels differ in the last bits between processors,
+    so a model trained again on another one comes out slightly otherwise."""
     import jax
 
     device = jax.devices()[0]
-    return (f"{device.device_kind} ({device.platform}, {jax.device_count()} device(s), "
-            f"JAX {jax.__version__})")
+    text = f"{device.device_kind} ({device.platform}, {jax.device_count()} device(s), " \
+           f"JAX {jax.__version__}"
+    if device.platform == "cpu":
+        from lmfuse.train.provenance import cpu_model
+
+        text += f"; {cpu_model()}"
+    return text + ")"
 
 
 # ---------------------------------------------------------------------------------------------

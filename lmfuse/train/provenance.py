@@ -9,8 +9,10 @@
 * `provenance.json`: `{"runs": [...]}`, one entry per run that trained in the workdir, oldest
   first: the command line, the git commit of the lmfuse source tree and whether it had
   uncommitted changes (null when it is no git checkout or git is missing), the versions of
-  lmfuse and of the libraries that decide the numbers, the devices (no hostname), the step the
-  run started from and a UTC timestamp.
+  lmfuse and of the libraries that decide the numbers, the devices and the host's processor
+  model (no hostname), the step the run started from and a UTC timestamp. The processor is
+  kept because XLA's CPU kernels differ in the last bits between processors: a CPU run
+  repeated on another one trains a slightly different model.
 
 Every file is written beside its place and renamed over it, so a kill never leaves half a file.
 """
@@ -68,9 +70,21 @@ def run_entry(start_step: int) -> dict[str, Any]:
             "device_kind": devices[0].device_kind,
             "count": len(devices),
             "process_count": jax.process_count(),
+            "cpu": cpu_model(),
         },
         "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+
+
+def cpu_model() -> str:
+    """The host processor's model name (Linux's /proc/cpuinfo, else `platform.processor()`)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines()
+             if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def git_state() -> dict[str, Any] | None:

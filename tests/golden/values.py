@@ -32,6 +32,7 @@ import tiny_fusion  # noqa: E402
 
 from lmfuse.config import load_config  # noqa: E402
 from lmfuse.data.tokenizer import BOS_ID, PAD_ID  # noqa: E402
+from lmfuse.train.provenance import cpu_model  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("golden.json")
 VOCAB = 41
@@ -291,11 +292,7 @@ def platform() -> dict[str, str]:
     """What the digests depend on besides lmfuse: XLA's CPU kernels differ in the last bits
     from one processor to another (an AMD EPYC changes 5 of 10 model digests recorded on an
     Intel Xeon), and from one jax to another."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in
-             (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-             if line.startswith("model name")]
-    return {"cpu": names[0] if names else "unknown", "jax": jax.__version__}
+    return {"cpu": cpu_model(), "jax": jax.__version__}
 
 
 def compute(parts: tuple[str, ...] = PARTS) -> dict:

@@ -65,7 +65,9 @@ def test_provenance_lists_every_run_with_its_sources_versions_and_devices(resume
         assert set(run["versions"]) == {*provenance.DISTRIBUTIONS, "python"}
         assert run["devices"] == {"platform": jax.devices()[0].platform,
                                   "device_kind": jax.devices()[0].device_kind,
-                                  "count": jax.device_count(), "process_count": 1}
+                                  "count": jax.device_count(), "process_count": 1,
+                                  "cpu": provenance.cpu_model()}
+        assert run["devices"]["cpu"] and run["devices"]["cpu"] != "unknown CPU"  # Linux
         assert run["utc"].endswith("+00:00")
         git = run["git"]
         assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["commit"])
