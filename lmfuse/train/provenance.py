@@ -141,7 +141,8 @@ def describe(workdir: str | Path) -> list[str]:
                                             for name, version in versions.items()))
     devices = latest.get("devices") or {}
     lines.append(f"  devices: {devices.get('count')} x {devices.get('device_kind')} "
-                 f"({devices.get('platform')}), {devices.get('process_count')} process(es)")
+                 f"({devices.get('platform')}), {devices.get('process_count')} process(es)"
+                 + (f", host CPU {devices['cpu']}" if devices.get("cpu") else ""))
     return lines
 
 

@@ -97,6 +97,7 @@ def test_inspect_prints_the_provenance_and_where_the_config_is(resumed_s2s, caps
     assert "provenance: 2 run(s)" in out
     assert f"jax {jax.__version__}" in out and "versions: lmfuse " in out
     assert f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}" in out
+    assert f", host CPU {provenance.cpu_model()}\n" in out
     first = next(line for line in out.splitlines() if "first run:" in line)
     latest = next(line for line in out.splitlines() if "latest run:" in line)
     assert "from step 0:" in first and "from step 10:" in latest
