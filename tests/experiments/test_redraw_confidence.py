@@ -13,19 +13,9 @@ import pytest
 import redraw_confidence
 from lib.runner import OK, CellRecord, Ledger
 from lib.scoring import EvalSet, compare
+from synthetic_outputs import edited, sentences
 
-WORDS = "and the lord said unto moses go down to the people of israel in the land".split()
 NAME = "test.sample40.seed0"
-
-
-def sentences(rng: random.Random, n: int) -> list[str]:
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) for _ in range(n)]
-
-
-def edited(lines: list[str], rng: random.Random, rate: float) -> list[str]:
-    """Each word replaced with probability `rate`: outputs of graded quality."""
-    return [" ".join(rng.choice(WORDS) if rng.random() < rate else w for w in line.split())
-            for line in lines]
 
 
 @pytest.fixture
