@@ -3,7 +3,7 @@
     python experiments/compare_cells.py --workdir workdirs/fusion_study_cpu3 \
         --baseline f100-transformer-deep_no_lm-s1 f100-transformer-deep-s1 f100-transformer-none-s1
     python experiments/compare_cells.py --workdir workdirs/fusion_study_cpu3 \
-        --method deep --control deep_no_lm --output experiments/results/fusion_study_controls.md
+        --method deep --control deep_no_lm --output experiments/results/fusion_study_deep_vs_control.md
 
 The report compares every cell with its own `none`; this compares any cells with any one of
 them (a method with its control, two fusions), with sacrebleu's paired bootstrap under the
