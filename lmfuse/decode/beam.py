@@ -5,11 +5,12 @@ step scores all K x V extensions, keeps the top 2K (enough that K of them do not
 and splits them: candidates among the top K ending in EOS (or reaching the length limit)
 compete for the K finished slots by the ranking score below, the rest for the K live slots by
 their sum of scores. The decode state (KV cache, RNN carry, anything) is reordered by gathering
-every leaf with the chosen beam indices (`gather_beams`), then stepped once with the new tokens.
-Leaves the step never writes (an encoder's memory and cross-attention keys) are the same in
-every beam of a prompt, so they are not copied (`unchanged_by_step`). The loop runs in phases of
-growing cache size (`lmfuse.decode.cache_phases`), so attention and the reordering read only
-about the written prefix of a KV cache, not every slot up to the length limit.
+its leaves with the chosen beam indices, then stepped once with the new tokens. Leaves the step
+never writes (an encoder's memory and cross-attention keys) are the same in every beam of a
+prompt: they are held once per prompt and the step runs over the beams under `vmap`
+(`lmfuse.decode.beam_state`). The loop runs in phases of growing cache size
+(`lmfuse.decode.cache_phases`), so attention and the reordering read only about the written
+prefix of a KV cache, not every slot up to the length limit.
 
 With `no_repeat_ngram_size` n > 0, each live beam's extensions that would repeat an n-gram of
 its own generated tokens get score -inf (`repeated_ngram_ban`, on the per-token scores after
@@ -45,6 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lmfuse.decode import beam_state, topk
 from lmfuse.decode.cache_phases import (
     FIRST_PHASE_TOKENS,
     grow_slots,
@@ -92,29 +94,12 @@ def tile_beams(tree: Any, beam_size: int) -> Any:
     return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0), tree)
 
 
-def gather_beams(tree: Any, beam_indices: jax.Array, old_beams: int, skip: Any = None) -> Any:
-    """Reorders beam-major state: leaf [B*old_K, ...] -> [B*K, ...] taking, for prompt b and
-    new beam j, old beam `beam_indices[b, j]`. Works for any pytree (KV cache, RNN carry).
-    Leaves marked True in `skip` (a matching tree of bools) are returned as they are."""
+def gather_beams(tree: Any, beam_indices: jax.Array, old_beams: int) -> Any:
+    """Reorders prompt-major rows: leaf [B*old_K, ...] -> [B*K, ...] taking, for prompt b and
+    new beam j, old beam `beam_indices[b, j]`. Works for any pytree (KV cache, RNN carry)."""
     batch, new_beams = beam_indices.shape
     flat = (jnp.arange(batch)[:, None] * old_beams + beam_indices).reshape(-1)
-    skip = jax.tree.map(lambda _: False, tree) if skip is None else skip
-    return jax.tree.map(lambda x, s: x if s or x.ndim == 0 else jnp.take(x, flat, axis=0),
-                        tree, skip)
-
-
-def unchanged_by_step(decoder: DecodeStep, params: Any, state: Any, tokens: jax.Array) -> Any:
-    """A tree like `state`: True for the leaves `decoder.step` returns untouched (encoder
-    memory, cross-attention keys, source ids). Tiled from one row per prompt and never
-    written, such a leaf is the same in all K beams of a prompt, so reordering the beams
-    cannot change it and `gather_beams` can skip its copy (the bulk of a step's memory
-    traffic for an encoder-decoder). Read off the step's jaxpr: an output that is its input."""
-    jaxpr = jax.make_jaxpr(decoder.step)(params, state, tokens).jaxpr
-    n_params = len(jax.tree.leaves(params))
-    state_in = jaxpr.invars[n_params : n_params + len(jax.tree.leaves(state))]
-    state_out = jaxpr.outvars[1:]  # after the logits
-    flags = [i is o for i, o in zip(state_in, state_out, strict=True)]
-    return jax.tree.unflatten(jax.tree.structure(state), flags)
+    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, flat, axis=0), tree)
 
 
 def _gather(x: jax.Array, indices: jax.Array) -> jax.Array:
@@ -173,14 +158,15 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, first_phase, param
     phases = phase_lengths(num_tokens, first_phase) if axes is not None else (num_tokens,)
     logits, state = decoder.init(params, batch, prompt_len + phases[0])
     vocab = logits.shape[-1]
-    logits, state = tile_beams((logits, state), k)
+    per_beam = beam_state.per_beam_leaves(decoder, params, state, b)
+    logits, state = tile_beams(logits, k), beam_state.tile(state, per_beam, k)
+    if axes is not None:
+        axes = beam_state.slot_axes(axes, per_beam)
     seen = None  # only a processor that reads it pays for its scatter per step
     if any(getattr(processor, "uses_seen", False) for processor in chain):
         seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt].set(True)
         seen = tile_beams(seen.at[:, PAD_ID].set(False), k)
     two_k = 2 * k
-    invariant = unchanged_by_step(decoder, params, state, jnp.zeros((b * k,), jnp.int32))
-    not_invariant = jax.tree.map(lambda _: False, seen)  # None when there is no `seen`
 
     def cond(c):
         i, live_logprobs, fin_scores = c[0], c[4], c[6]
@@ -201,7 +187,7 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, first_phase, param
         token_logprobs = processed.reshape(b, k, vocab)
         # -inf (suppressed) becomes NEG_INF so scores stay finite and comparable.
         candidates = live_logprobs[:, :, None] + jnp.maximum(token_logprobs, NEG_INF)
-        top_logprobs, top_flat = jax.lax.top_k(candidates.reshape(b, k * vocab), min(two_k, k * vocab))
+        top_logprobs, top_flat = topk.top_k(candidates.reshape(b, k * vocab), min(two_k, k * vocab))
         top_beams, top_tokens = top_flat // vocab, (top_flat % vocab).astype(jnp.int32)
         top_seqs = jax.lax.dynamic_update_slice(
             _gather(live_seqs, top_beams), top_tokens[:, :, None], (0, 0, i)
@@ -214,7 +200,7 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, first_phase, param
         new_live_logprobs, live_pick = jax.lax.top_k(live_cand, k)
         new_live_seqs = _gather(top_seqs, live_pick)
         parent = _gather(top_beams, live_pick)
-        new_tokens = _gather(top_tokens, live_pick).reshape(-1)
+        new_tokens = _gather(top_tokens, live_pick)
 
         # Finished: merge the ones that just ended with the K kept so far. As in HF, an ended
         # candidate counts only if it ranks in the top K (so K=1 is exactly greedy); the other
@@ -228,10 +214,10 @@ def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, first_phase, param
         new_fin_flags = _gather(jnp.concatenate([fin_flags, just_ended], axis=1), fin_pick)
 
         # Reorder the decode state to the surviving beams' parents, then feed their tokens.
-        state, seen = gather_beams((state, seen), parent, k, (invariant, not_invariant))
+        state = beam_state.reorder(state, per_beam, parent)
         if seen is not None:
-            seen = seen.at[jnp.arange(b * k), new_tokens].set(True)
-        logits, state = decoder.step(params, state, new_tokens)
+            seen = gather_beams(seen, parent, k).at[jnp.arange(b * k), new_tokens.reshape(-1)].set(True)
+        logits, state = beam_state.step(decoder, params, state, per_beam, new_tokens)
         return (i + 1, logits, state, seen, new_live_logprobs, new_live_seqs, new_fin_scores,
                 new_fin_logprobs, new_fin_seqs, new_fin_flags)
 

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lmfuse.decode import topk
 from lmfuse.decode.processors import MinP, TopK, TopP
 
 # Candidates for top-p without top-k: a partial sort of 256 of 8000 logits took about an eighth
@@ -89,7 +90,7 @@ def truncate(logits: jax.Array, truncation: Truncation) -> Candidates:
     vocab = logits.shape[-1]
     # Best first, equal logits by lower id. The barrier keeps XLA from rewriting the top-k as a
     # full sort of the vocabulary, which it does when the k-th logit is compared with `logits`.
-    values, ids = jax.lax.optimization_barrier(jax.lax.top_k(logits, truncation.candidates(vocab)))
+    values, ids = jax.lax.optimization_barrier(topk.top_k(logits, truncation.candidates(vocab)))
     scores = values
     closed = True
     top_k = 0 < truncation.top_k < vocab
