@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 # Where the two passes pay (medians on a two-core CPU): many rows of a long axis and a small k
-# (64 x 32,000, k 8: 0.4 ms against 6 ms; 8 x 32,000: 0.12 against 0.37 ms). A single row
+# (64 x 32,000, k 8: 0.4 ms against 3.1-6 ms; 8 x 32,000: 0.12 against 0.37 ms). A single row
 # (1 x 8,000, k 8: 54 against 21 us) or a k of 50 (32 x 8,000: no gain) stays with lax.top_k.
 MIN_ENTRIES = 2**17  # rows x width
 MAX_K = 16
