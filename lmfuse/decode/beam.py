@@ -47,12 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from lmfuse.decode import beam_state, topk
-from lmfuse.decode.cache_phases import (
-    FIRST_PHASE_TOKENS,
-    grow_slots,
-    phase_lengths,
-    slot_axes,
-)
+from lmfuse.decode.cache_phases import FIRST_PHASE_TOKENS, grow_slots, init_in_phases
 from lmfuse.decode.processors import (
     DecodeContext,
     Processor,
@@ -153,10 +148,8 @@ def beam_search(
 def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, first_phase, params, batch, eos_id,
                  limits):
     prompt = batch["prompt"]
-    b, prompt_len = prompt.shape
-    axes = slot_axes(decoder, params, batch, prompt_len) if first_phase > 0 else None
-    phases = phase_lengths(num_tokens, first_phase) if axes is not None else (num_tokens,)
-    logits, state = decoder.init(params, batch, prompt_len + phases[0])
+    b = prompt.shape[0]
+    logits, state, phases, axes = init_in_phases(decoder, params, batch, num_tokens, first_phase)
     vocab = logits.shape[-1]
     per_beam = beam_state.per_beam_leaves(decoder, params, state, b)
     logits, state = tile_beams(logits, k), beam_state.tile(state, per_beam, k)

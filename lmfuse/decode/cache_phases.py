@@ -36,15 +36,42 @@ def phase_lengths(num_tokens: int, first: int = FIRST_PHASE_TOKENS) -> tuple[int
     return (*lengths, num_tokens)
 
 
-def slot_axes(decoder: DecodeStep, params: Any, batch: Batch, prompt_len: int) -> Any | None:
+def init_in_phases(decoder: DecodeStep, params: Any, batch: Batch, num_tokens: int,
+                   first_phase: int) -> tuple[jax.Array, Any, tuple[int, ...], Any | None]:
+    """`decoder.init` for the first of `phase_lengths(num_tokens, first_phase)`: (logits, state,
+    phases, the state's `slot_axes`). With a single phase, no slot axis (an RNN's carry: this
+    state serves every length) or a leaf that grows otherwise, one phase of num_tokens."""
+    prompt_len = batch["prompt"].shape[1]
+    phases = phase_lengths(num_tokens, first_phase)
+    logits, state = decoder.init(params, batch, prompt_len + phases[0])
+    if len(phases) == 1:
+        return logits, state, phases, None
+    try:
+        axes = _grown_axes(state, _state_shape(decoder, params, batch, prompt_len + phases[0] + 1))
+    except _Irregular:
+        logits, state = decoder.init(params, batch, prompt_len + num_tokens)
+        return logits, state, (num_tokens,), None
+    return logits, state, (phases if axes is not None else (num_tokens,)), axes
+
+
+def slot_axes(decoder: DecodeStep, params: Any, batch: Batch, max_len: int) -> Any | None:
     """A tree like the decode state: for each leaf, the axis that grows with `max_len` (-1 when
     the leaf does not depend on it); None when no leaf does (an RNN's carry), or when a leaf
     grows otherwise than along one axis by the added length."""
-    def state_shape(new_tokens: int) -> Any:
-        return jax.eval_shape(lambda: decoder.init(params, batch, prompt_len + new_tokens))[1]
+    try:
+        return _grown_axes(_state_shape(decoder, params, batch, max_len),
+                           _state_shape(decoder, params, batch, max_len + 1))
+    except _Irregular:
+        return None
 
-    short, long = state_shape(1), state_shape(2)
 
+def _state_shape(decoder: DecodeStep, params: Any, batch: Batch, max_len: int) -> Any:
+    return jax.eval_shape(lambda: decoder.init(params, batch, max_len))[1]
+
+
+def _grown_axes(state: Any, longer: Any) -> Any | None:
+    """The slot axes of `state` given the same state one slot longer (shapes suffice); None
+    when no leaf grew. Raises _Irregular when a leaf grew otherwise than by one slot."""
     def axis(a: jax.ShapeDtypeStruct, b: jax.ShapeDtypeStruct) -> int:
         grown = [i for i, (m, n) in enumerate(zip(a.shape, b.shape, strict=True)) if m != n]
         if not grown:
@@ -53,10 +80,7 @@ def slot_axes(decoder: DecodeStep, params: Any, batch: Batch, prompt_len: int) -
             raise _Irregular
         return grown[0]
 
-    try:
-        axes = jax.tree.map(axis, short, long)
-    except _Irregular:
-        return None
+    axes = jax.tree.map(axis, state, longer)
     return None if all(a < 0 for a in jax.tree.leaves(axes)) else axes
 
 

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lmfuse.decode.cache_phases import FIRST_PHASE_TOKENS, grow_slots, phase_lengths, slot_axes
+from lmfuse.decode.cache_phases import FIRST_PHASE_TOKENS, grow_slots, init_in_phases
 from lmfuse.decode.processors import (
     DecodeContext,
     Processor,
@@ -109,10 +109,8 @@ def _generate(decoder, chain, truncation, greedy_, with_logprobs, num_tokens, nu
         # Each prompt repeated in place, so rows s*S .. s*S+S-1 are prompt s's samples.
         batch = jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0), batch)
     prompt = batch["prompt"]
-    rows, prompt_len = prompt.shape
-    axes = slot_axes(decoder, params, batch, prompt_len) if first_phase > 0 else None
-    phases = phase_lengths(num_tokens, first_phase) if axes is not None else (num_tokens,)
-    logits, state = decoder.init(params, batch, prompt_len + phases[0])
+    rows = prompt.shape[0]
+    logits, state, phases, axes = init_in_phases(decoder, params, batch, num_tokens, first_phase)
     vocab = logits.shape[-1]
     row_ids = jnp.arange(rows)
     seen = None  # only a processor that reads it pays for its scatter per step

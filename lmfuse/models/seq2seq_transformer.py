@@ -61,7 +61,7 @@ cross_attention (scanned: decoder/blocks/..., with a leading [layers] axis);
 computed or stored.
 
 The first call with a cache (the prompt) projects `encoded` to each layer's cross-attention
-keys and values ONCE and adds them to its layer as 'cross_k' / 'cross_v' [B, N, S, H]; later
+keys and values ONCE and adds them to its layer as 'cross_k' / 'cross_v' [B, N, H, S]; later
 calls read them and need no `encoded` (pass None). `lmfuse.decode.adapters` wraps this into
 the `DecodeStep` contract.
 """
