@@ -424,3 +424,18 @@ def test_greedy_and_beam_search_through_the_decode_step(copy_source):
     np.testing.assert_array_equal(np.asarray(one.tokens[:, 0]), tokens)
     np.testing.assert_allclose(one.logprobs[:, 0], best.logprobs[:, 0].sum(-1), atol=1e-4)
     np.testing.assert_allclose(one.logprobs[:, 0], rescored(s, src, src_segs, tokens), atol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 9))
+def test_memory_attention_is_dot_product_attention_in_the_cached_layout(seed, t, s):
+    from lmfuse.models.attention import memory_attention
+
+    kq, kk, kv, km = jax.random.split(jax.random.PRNGKey(seed), 4)
+    q = jax.random.normal(kq, (2, t, 3, 4))
+    k, v = jax.random.normal(kk, (2, s, 3, 4)), jax.random.normal(kv, (2, s, 3, 4))
+    mask = jax.random.bernoulli(km, 0.6, (2, 1, t, s)).at[0, 0, 0].set(False)  # a row sees nothing
+    expected = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    out, weights = memory_attention(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 3, 1), mask)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)  # uniform where nothing is visible
