@@ -70,8 +70,8 @@ def reorder(state: Any, per_beam: Any, parent: jax.Array) -> Any:
 
 
 def slot_axes(axes: Any, per_beam: Any) -> Any:
-    """`cache_phases.slot_axes` of the one-row-per-prompt state, for the split state (a
-    per-beam leaf has the beam axis in front)."""
+    """The slot axes of the one-row-per-prompt state (`cache_phases.init_in_phases`) for the
+    split state (a per-beam leaf has the beam axis in front)."""
     return jax.tree.map(lambda axis, own: axis + 1 if own and axis >= 0 else axis, axes, per_beam)
 
 

@@ -39,8 +39,10 @@ def phase_lengths(num_tokens: int, first: int = FIRST_PHASE_TOKENS) -> tuple[int
 def init_in_phases(decoder: DecodeStep, params: Any, batch: Batch, num_tokens: int,
                    first_phase: int) -> tuple[jax.Array, Any, tuple[int, ...], Any | None]:
     """`decoder.init` for the first of `phase_lengths(num_tokens, first_phase)`: (logits, state,
-    phases, the state's `slot_axes`). With a single phase, no slot axis (an RNN's carry: this
-    state serves every length) or a leaf that grows otherwise, one phase of num_tokens."""
+    phases, slot axes). The slot axes are a tree like the state: for each leaf, the axis that
+    grows with the length (-1 for a leaf that does not depend on it). With a single phase, no
+    slot axis (an RNN's carry: this state serves every length) or a leaf that grows otherwise
+    than by one slot per position, one phase of num_tokens and axes None."""
     prompt_len = batch["prompt"].shape[1]
     phases = phase_lengths(num_tokens, first_phase)
     logits, state = decoder.init(params, batch, prompt_len + phases[0])
@@ -52,17 +54,6 @@ def init_in_phases(decoder: DecodeStep, params: Any, batch: Batch, num_tokens: i
         logits, state = decoder.init(params, batch, prompt_len + num_tokens)
         return logits, state, (num_tokens,), None
     return logits, state, (phases if axes is not None else (num_tokens,)), axes
-
-
-def slot_axes(decoder: DecodeStep, params: Any, batch: Batch, max_len: int) -> Any | None:
-    """A tree like the decode state: for each leaf, the axis that grows with `max_len` (-1 when
-    the leaf does not depend on it); None when no leaf does (an RNN's carry), or when a leaf
-    grows otherwise than along one axis by the added length."""
-    try:
-        return _grown_axes(_state_shape(decoder, params, batch, max_len),
-                           _state_shape(decoder, params, batch, max_len + 1))
-    except _Irregular:
-        return None
 
 
 def _state_shape(decoder: DecodeStep, params: Any, batch: Batch, max_len: int) -> Any:

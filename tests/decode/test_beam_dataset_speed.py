@@ -150,7 +150,7 @@ def test_phase_lengths_double_from_the_first_and_end_at_the_limit():
 def test_slot_axes_are_the_cache_slots_and_an_rnn_has_none(name):
     decoder, params = random_s2s(name, copy_source=True)
     batch = batch_of(sources(2, 9))
-    axes = cache_phases.slot_axes(decoder, params, batch, max_len=2)
+    axes = cache_phases.init_in_phases(decoder, params, batch, 12, 2)[3]
     if name == "s2s_rnn":
         assert axes is None  # a carry does not grow with the length: one phase
         return
@@ -189,7 +189,7 @@ def test_cache_phases_hold_for_a_shallow_fused_lm_pair_and_an_lm_prompt():
     decoder = shallow_fusion(base, lm)
     params = fused_params(p_base, fusion_weights(0.5), lm=p_lm)
     prompt = jnp.asarray([[BOS_ID, 5, 6], [0, BOS_ID, 7]], jnp.int32)  # one row left-padded
-    axes = cache_phases.slot_axes(decoder, params, {"prompt": prompt}, max_len=4)
+    axes = cache_phases.init_in_phases(decoder, params, {"prompt": prompt}, 12, 2)[3]
     assert axes is not None and {2, 1, -1} == set(jax.tree.leaves(axes))  # both LMs' caches
     phased, whole = phased_and_whole(decoder, params, {"prompt": prompt}, beam_size=3,
                                      max_new_tokens=12, eos_id=None)  # every step runs
@@ -225,7 +225,7 @@ def test_the_sampler_in_cache_phases_holds_for_an_lm_prompt():
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_init_in_phases_reads_the_slot_axes_off_the_first_phase_state(name):
+def test_init_in_phases_holds_the_prompt_and_the_first_phase(name):
     decoder, params = random_s2s(name, copy_source=True)
     batch = batch_of(sources(2, 9))
     _, state, phases, axes = cache_phases.init_in_phases(decoder, params, batch, 12, 2)
@@ -233,5 +233,4 @@ def test_init_in_phases_reads_the_slot_axes_off_the_first_phase_state(name):
         assert phases == (12,) and axes is None  # one phase: the carry serves every length
         return
     assert phases == (2, 4, 8, 12)
-    assert axes == cache_phases.slot_axes(decoder, params, batch, max_len=3)
     assert state["cache"]["layers"][0]["k"].shape[2] == 1 + 2  # the prompt and phase one
