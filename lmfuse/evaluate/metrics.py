@@ -110,10 +110,11 @@ def score_translations(
     `rouge_lowercase` makes ROUGE-L case-insensitive (`rouge_l`'s `lowercase`).
     """
     _check_aligned(hypotheses=hypotheses, references=references, sources=sources)
-    bleu, bleu_signature, length_ratio = _sacrebleu_score(BLEU(), hypotheses, references)
-    chrf, chrf_signature, _ = _sacrebleu_score(CHRF(), hypotheses, references)
-    copy_bleu, _, copy_length_ratio = _sacrebleu_score(BLEU(), sources, references)
-    copy_chrf, _, _ = _sacrebleu_score(CHRF(), sources, references)
+    metrics = reference_metrics(tuple(references))
+    bleu, bleu_signature, length_ratio = _sacrebleu_score(metrics["BLEU"], hypotheses)
+    chrf, chrf_signature, _ = _sacrebleu_score(metrics["chrF"], hypotheses)
+    copy_bleu, _, copy_length_ratio = _sacrebleu_score(metrics["BLEU"], sources)
+    copy_chrf, _, _ = _sacrebleu_score(metrics["chrF"], sources)
     copy_pinc = pinc(sources, sources)
     assert copy_pinc == 0.0, f"PINC of the source against itself must be 0, got {copy_pinc}"
     return {
@@ -154,12 +155,20 @@ def format_report(scores: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def _sacrebleu_score(
-    metric: BLEU | CHRF, hypotheses: Sequence[str], references: Sequence[str]
-) -> tuple[float, str, float | None]:
-    """(score, signature, hypothesis/reference length ratio; BLEU only, else None)."""
-    # The signature only exists once the metric has seen references (it records their count).
-    score = metric.corpus_score(list(hypotheses), [list(references)])
+@functools.lru_cache(maxsize=2)
+def reference_metrics(references: tuple[str, ...]) -> dict[str, BLEU | CHRF]:
+    """sacrebleu's BLEU and chrF (default settings) holding these references' n-grams, read
+    once for every system scored against them (the model, the copy, the paired bootstrap's
+    resamples): reading the references was a quarter of scoring a split."""
+    return {"BLEU": BLEU(references=[list(references)]),
+            "chrF": CHRF(references=[list(references)])}
+
+
+def _sacrebleu_score(metric: BLEU | CHRF, hypotheses: Sequence[str]
+                     ) -> tuple[float, str, float | None]:
+    """(score, signature, hypothesis/reference length ratio; BLEU only, else None) against
+    the references `metric` holds (`reference_metrics`)."""
+    score = metric.corpus_score(list(hypotheses), None)
     ratio = None
     if isinstance(score, BLEUScore):
         ratio = float(score.sys_len / score.ref_len) if score.ref_len else 0.0

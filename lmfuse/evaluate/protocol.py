@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
 from lmfuse.errors import LmfuseError
+from lmfuse.evaluate.metrics import reference_metrics
 
 _REFERENCE = re.compile(r"^(.*?)\s+\d+:\d+")
 
@@ -122,10 +122,14 @@ def paired_bootstrap(systems: Mapping[str, Sequence[str]], references: Sequence[
         raise LmfuseError(f"the baseline {baseline!r} is not among the systems {sorted(systems)}")
     named = [(baseline, list(systems[baseline]))]
     named += [(name, list(hyps)) for name, hyps in systems.items() if name != baseline]
-    metrics = {"BLEU": BLEU(), "chrF": CHRF()}
+    for name, hyps in named:  # sacrebleu would pair the first lines and drop the rest
+        if len(hyps) != len(references):
+            raise LmfuseError(f"{len(hyps)} lines of {name!r} against {len(references)} "
+                              "references: the paired bootstrap needs one line per reference")
+    # None: the references' n-grams the metrics already hold.
+    metrics = dict(reference_metrics(tuple(references)))
     with _sacrebleu_seed(seed):
-        _, results = PairedTest(named, metrics, [list(references)], test_type="bs",
-                                n_samples=resamples)()
+        _, results = PairedTest(named, metrics, None, test_type="bs", n_samples=resamples)()
     report: dict[str, dict[str, Any]] = {name: {} for name, _ in named}
     # sacrebleu keys its results by the metric's own name (chrF with beta 2 is 'chrF2').
     # sacrebleu counts only resamples whose difference strictly exceeds the observed one, so

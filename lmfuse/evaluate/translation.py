@@ -8,7 +8,9 @@ scoring them: the one path `lmfuse eval`, `lmfuse translate`, the demo and the s
 
 Lines are encoded with the model's tokenizer, cut to the model's source length (and counted),
 and decoded by beam search in batches of similar length (longest first), padded to one of a
-few widths (powers of two up to the source length), so a few compiled programs serve them all.
+few widths (powers of two up to the source length, a width too few batches would use merged
+into the next wider one), with one output buffer for all, so a few compiled programs serve
+them all.
 Empty lines give empty outputs without decoding, and output line i always belongs to input
 line i. Characters outside the vocabulary reach the model as bytes (the tokenizer's byte
 fallback), so no input can fail to encode. With `progress`, a bar (or, off a terminal, a
@@ -17,6 +19,7 @@ plain line every few seconds: `lmfuse.progress`) counts the lines translated.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -183,11 +186,12 @@ def translate_lines(
     hypotheses = [""] * len(lines)
     rows = options.batch_size
     bar = progress_bar(len(todo), desc="translate", unit="verse", disable=not options.progress)
-    for start in range(0, len(todo), rows):
-        chunk = todo[start : start + rows]
-        # Every batch has `rows` rows and one of a few column widths: a compiled program per
-        # width, not per batch. Padding is masked, so the width does not change the output.
-        width = bucket_width(len(sources[chunk[0]]), options.max_source_tokens)
+    chunks = [todo[start : start + rows] for start in range(0, len(todo), rows)]
+    # Every batch has `rows` rows and one of a few column widths: a compiled program per
+    # width, not per batch. Padding is masked, so the width does not change the output.
+    widths = batch_widths([len(sources[chunk[0]]) for chunk in chunks], options.max_source_tokens,
+                          MIN_BATCHES_PER_WIDTH)
+    for chunk, width in zip(chunks, widths, strict=True):
         inputs = np.full((rows, width), PAD_ID, np.int32)
         for row, index in enumerate(chunk):
             inputs[row, : len(sources[index])] = sources[index]
@@ -195,13 +199,15 @@ def translate_lines(
             "inputs": jnp.asarray(inputs),
             "prompt": jnp.full((rows, 1), BOS_ID, jnp.int32),
         }
-        # Each line's own limit; the loop's buffer is the batch's largest, bucketed like the
-        # columns. Padding rows get the smallest limit, so they never keep the loop running.
+        # Each line's own limit, in one buffer of max_new_tokens for every batch: the search
+        # grows its cache in phases and exits when its rows are done, so a short batch pays
+        # nothing for the buffer's length, and a second buffer size would be a second program
+        # per width. Padding rows get the smallest limit, so they never keep the loop running.
         limits = np.ones(rows, np.int32)
         limits[: len(chunk)] = [options.new_token_limit(len(sources[i])) for i in chunk]
         out = beam_search(
             decoder, params, batch, beam_size=options.beam_size,
-            max_new_tokens=bucket_width(int(limits.max()), options.max_new_tokens),
+            max_new_tokens=options.max_new_tokens,
             alpha=options.alpha, processors=processors,
             no_repeat_ngram_size=options.no_repeat_ngram_size, row_limits=limits,
         )
@@ -215,6 +221,22 @@ def translate_lines(
         bar.update(len(chunk))
     bar.close()
     return Translations(hypotheses, truncated, len(lines) - len(todo))
+
+
+# A width fewer batches than this would use is merged into the next wider one: compiling a
+# program (seconds, on a CPU) costs more than padding a couple of short batches.
+MIN_BATCHES_PER_WIDTH = 3
+
+
+def batch_widths(longest: Sequence[int], max_tokens: int,
+                 min_batches: int = MIN_BATCHES_PER_WIDTH) -> list[int]:
+    """Column width of each batch from the length of its longest line: its `bucket_width`,
+    or the next wider width in use when fewer than `min_batches` batches would have its own
+    (the widest width in use is always kept)."""
+    widths = [bucket_width(n, max_tokens) for n in longest]
+    counts = collections.Counter(widths)
+    kept = sorted({w for w, n in counts.items() if n >= min_batches} | {max(widths, default=0)})
+    return [next(k for k in kept if k >= w) for w in widths]
 
 
 def bucket_width(length: int, max_tokens: int, smallest: int = 16) -> int:

@@ -7,8 +7,9 @@
   that limit as `max_new_tokens`, whatever else is in its batch;
 * the search runs in phases of growing cache size (`cache_phases`): tokens and scores equal
   one phase over the whole cache, and so do the sampler's tokens and log-probs;
-* `translate_lines` sorts lines by length and pads columns to a bucket width: each output
-  equals translating that line alone, in the input order.
+* `translate_lines` sorts lines by length and pads columns to a bucket width (a width too few
+  batches would use merged into a wider one): each output equals translating that line alone,
+  in the input order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import numpy as np
 import pytest
 
 from lmfuse.decode import beam_search, beam_state, cache_phases, sample, seq2seq_decode_step
-from lmfuse.evaluate.translation import TranslateOptions, bucket_width, translate_lines
+from lmfuse.evaluate import translation
+from lmfuse.evaluate.translation import (
+    TranslateOptions,
+    batch_widths,
+    bucket_width,
+    translate_lines,
+)
 from lmfuse.models import build_model, model_defaults
 from lmfuse.tokens import BOS_ID, EOS_ID
 
@@ -112,8 +119,19 @@ def test_bucket_widths_are_powers_of_two_capped_at_the_source_length():
     assert [bucket_width(n, 96) for n in (1, 16, 17, 33, 64, 65, 96)] == [16, 16, 32, 64, 64, 96, 96]
 
 
+def test_a_width_too_few_batches_would_use_joins_the_next_wider_one():
+    longest = [90, 70, 60, 50, 40, 30, 20, 10]  # buckets 96 96 64 64 64 32 32 16
+    assert batch_widths(longest, 96, 1) == [96, 96, 64, 64, 64, 32, 32, 16]
+    # 96 is the widest (kept with 2 batches), 64 has 3; 32 and 16 join 64.
+    assert batch_widths(longest, 96, 3) == [96, 96, 64, 64, 64, 64, 64, 64]
+    assert batch_widths([10, 9], 96, 3) == [16, 16]  # the widest is kept, however few use it
+    assert batch_widths([], 96) == []
+
+
+@pytest.mark.parametrize("min_batches", [1, 3])  # 1: every bucket its own width
 @pytest.mark.parametrize("name", BACKBONES)
-def test_sorted_bucketed_batches_translate_each_line_as_if_alone(name):
+def test_sorted_bucketed_batches_translate_each_line_as_if_alone(monkeypatch, name, min_batches):
+    monkeypatch.setattr(translation, "MIN_BATCHES_PER_WIDTH", min_batches)
     decoder, params = random_s2s(name)
     rng = np.random.default_rng(5)
     lengths = [1, 30, 3, 17, 0, 8, 33, 2]  # widths 16, 32 and 40 (the cap); one empty line

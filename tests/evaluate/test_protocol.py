@@ -125,6 +125,14 @@ def test_the_baseline_must_be_a_system():
         protocol.paired_bootstrap({"a": ["x"]}, ["x"], "none")
 
 
+def test_a_system_of_another_length_than_the_references_is_a_one_line_error():
+    # The metrics hold the references' n-grams; sacrebleu would pair the first lines silently.
+    references = ["the cat sat on the mat", "and it came to pass"]
+    systems = {"base": list(references), "short": ["the cat sat on the mat"]}
+    with pytest.raises(LmfuseError, match="1 lines of 'short' against 2 references"):
+        protocol.paired_bootstrap(systems, references, "base")
+
+
 def test_seeds_are_summarised_as_mean_and_sample_sd():
     assert protocol.mean_sd([20.0]) == (20.0, 0.0)
     mean, sd = protocol.mean_sd([1.0, 2.0, 3.0])
