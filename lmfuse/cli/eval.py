@@ -5,6 +5,7 @@ copy-the-source baseline)."""
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from lmfuse.train.workdir import load_model
 
     model, params, step = load_model(args.workdir)
-    result = evaluate(model, params, args.split)
+    translates = (model.config.model.name in SEQ2SEQ_NAMES
+                  and model.config.data.view == "translate")
+    # The perplexity pass runs beside the translation: the device runs one program at a
+    # time, but the beam programs compile on the host meanwhile (on another core).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        perplexity = pool.submit(evaluate, model, params, args.split)
+        translation = _translation_scores(model, params, args) if translates else None
+        result = perplexity.result()
     result["step"] = step
     line = f"{args.split} at step {step}: perplexity {result['perplexity']:.3f} per token"
     if "perplexity_per_word" in result:
@@ -80,8 +88,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"{line}; {kind} accuracy {100 * result['accuracy']:.2f}% over "
           f"{int(result['tokens'])} tokens")
     files = {}
-    if model.config.model.name in SEQ2SEQ_NAMES and model.config.data.view == "translate":
-        scores, hypotheses, ids = _translation_scores(model, params, args)
+    if translation is not None:
+        scores, hypotheses, ids, report = translation
+        print(report)
         result.update(scores)
         files[outputs["hypotheses"]] = "".join(h + "\n" for h in hypotheses)
         files[outputs["ids"]] = "".join(i + "\n" for i in ids)
@@ -103,9 +112,9 @@ def output_paths(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _translation_scores(model, params, args: argparse.Namespace
-                        ) -> tuple[dict[str, Any], list[str], list[str]]:
+                        ) -> tuple[dict[str, Any], list[str], list[str], str]:
     """Beam-search the split and score it, with the copy-the-source baseline: (scores,
-    hypotheses, the pairs' ids)."""
+    hypotheses, the pairs' ids, the report to print)."""
     from flax import linen as nn
 
     from lmfuse.decode import seq2seq_decode_step
@@ -122,8 +131,8 @@ def _translation_scores(model, params, args: argparse.Namespace
     out, scores = translate_and_score(seq2seq_decode_step(model.model), nn.meta.unbox(params),
                                       model.tokenizer, sources, references, options)
     what = f"{len(ids)} sampled with seed {args.seed}" if args.sample else "all"
-    print(format_report(scores, f"{args.workdir} {args.split}, {what} (beam {options.beam_size})"))
     scores["confidence"] = protocol.against_copy(out.hypotheses, sources, references, args.seed)
     scores["sample"] = {"size": args.sample, "seed": args.seed, "num_ids": len(ids)}
-    print(protocol.format_confidence(scores["confidence"]))
-    return scores, out.hypotheses, ids
+    report = (format_report(scores, f"{args.workdir} {args.split}, {what} (beam {options.beam_size})")
+              + "\n" + protocol.format_confidence(scores["confidence"]))
+    return scores, out.hypotheses, ids, report

@@ -130,13 +130,34 @@ def beam_search(
     `first_phase_tokens`: new tokens the first cache phase holds (0: one phase, the whole
     cache from the first step; `lmfuse.decode.cache_phases`).
     """
+    return _beam_search(*_search_args(
+        decoder, params, batch, beam_size=beam_size, max_new_tokens=max_new_tokens, alpha=alpha,
+        eos_id=eos_id, processors=processors, suppress_pad=suppress_pad,
+        no_repeat_ngram_size=no_repeat_ngram_size, row_limits=row_limits,
+        first_phase_tokens=first_phase_tokens))
+
+
+def compile_beam_search(decoder: DecodeStep, params: Any, batch: Batch, **options: Any) -> None:
+    """Compiles the program `beam_search(decoder, params, batch, **options)` runs, without
+    running it: a later call with arrays of the same shapes finds it compiled. Called from a
+    background thread, it compiles the next batch shape's program while the device decodes
+    (a device runs one program at a time; compiling is the host's work)."""
+    _beam_search.lower(*_search_args(decoder, params, batch, **options)).compile()
+
+
+def _search_args(decoder: DecodeStep, params: Any, batch: Batch, *, beam_size: int,
+                 max_new_tokens: int, alpha: float = 0.6, eos_id: int | None = EOS_ID,
+                 processors: Sequence[Processor] = (), suppress_pad: bool = True,
+                 no_repeat_ngram_size: int = 0, row_limits: jax.Array | None = None,
+                 first_phase_tokens: int = FIRST_PHASE_TOKENS) -> tuple:
+    """`_beam_search`'s arguments for `beam_search`'s (see there)."""
     if beam_size <= 0 or max_new_tokens <= 0:
         raise ValueError(f"beam_size={beam_size} and max_new_tokens={max_new_tokens} must be positive")
     chain = ((SuppressTokens((PAD_ID,)),) if suppress_pad else ()) + tuple(processors)
     b = batch["prompt"].shape[0]
     limits = jnp.full((b,), max_new_tokens, jnp.int32) if row_limits is None else (
         jnp.minimum(jnp.asarray(row_limits, jnp.int32), max_new_tokens))
-    return _beam_search(
+    return (
         decoder, chain, int(beam_size), int(max_new_tokens), ranking_alpha(decoder, alpha),
         max(int(no_repeat_ngram_size), 0), int(first_phase_tokens), params, batch,
         jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),  # traced: no recompile per EOS id

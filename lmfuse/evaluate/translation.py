@@ -20,18 +20,20 @@ plain line every few seconds: `lmfuse.progress`) counts the lines translated.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from lmfuse.data.tokenizer import Tokenizer
 from lmfuse.decode import DecodeStep, beam_search
-from lmfuse.decode.beam import ranking_alpha
+from lmfuse.decode.beam import compile_beam_search, ranking_alpha
 from lmfuse.decode.rescoring import Rescorer
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate.metrics import score_translations
@@ -191,36 +193,51 @@ def translate_lines(
     # width, not per batch. Padding is masked, so the width does not change the output.
     widths = batch_widths([len(sources[chunk[0]]) for chunk in chunks], options.max_source_tokens,
                           MIN_BATCHES_PER_WIDTH)
-    for chunk, width in zip(chunks, widths, strict=True):
-        inputs = np.full((rows, width), PAD_ID, np.int32)
-        for row, index in enumerate(chunk):
-            inputs[row, : len(sources[index])] = sources[index]
-        batch = {
-            "inputs": jnp.asarray(inputs),
-            "prompt": jnp.full((rows, 1), BOS_ID, jnp.int32),
-        }
-        # Each line's own limit, in one buffer of max_new_tokens for every batch: the search
-        # grows its cache in phases and exits when its rows are done, so a short batch pays
-        # nothing for the buffer's length, and a second buffer size would be a second program
-        # per width. Padding rows get the smallest limit, so they never keep the loop running.
-        limits = np.ones(rows, np.int32)
-        limits[: len(chunk)] = [options.new_token_limit(len(sources[i])) for i in chunk]
-        out = beam_search(
-            decoder, params, batch, beam_size=options.beam_size,
-            max_new_tokens=options.max_new_tokens,
-            alpha=options.alpha, processors=processors,
-            no_repeat_ngram_size=options.no_repeat_ngram_size, row_limits=limits,
-        )
-        if rescorer is not None:
-            out = rescorer(batch["prompt"], out, options.alpha)
-        best = np.asarray(out.tokens[:, 0])
-        for row, index in enumerate(chunk):
-            # A generated newline (byte fallback can produce one) would break the line mapping.
-            text = tokenizer.decode(_until_eos(best[row]))
-            hypotheses[index] = " ".join(text.splitlines())
-        bar.update(len(chunk))
+    batches = [_beam_batch(sources, chunk, width, options) for chunk, width in zip(chunks, widths,
+                                                                                  strict=True)]
+    search = {"beam_size": options.beam_size, "max_new_tokens": options.max_new_tokens,
+              "alpha": options.alpha, "processors": processors,
+              "no_repeat_ngram_size": options.no_repeat_ngram_size}
+    # Each width's program compiles in the background, in order of first use, while the
+    # device decodes the batches before it: compiling is the host's work, on another core.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as compiler:
+        first: dict[int, tuple[dict[str, jax.Array], np.ndarray]] = {}
+        for width, batch in zip(widths, batches, strict=True):
+            first.setdefault(width, batch)
+        compiled = {width: compiler.submit(compile_beam_search, decoder, params, batch,
+                                           row_limits=limits, **search)
+                    for width, (batch, limits) in first.items()}
+        for chunk, width, (batch, limits) in zip(chunks, widths, batches, strict=True):
+            compiled[width].result()  # compiled, or its error raised here
+            out = beam_search(decoder, params, batch, row_limits=limits, **search)
+            if rescorer is not None:
+                out = rescorer(batch["prompt"], out, options.alpha)
+            best = np.asarray(out.tokens[:, 0])
+            for row, index in enumerate(chunk):
+                # A generated newline (byte fallback can produce one) would break the lines.
+                text = tokenizer.decode(_until_eos(best[row]))
+                hypotheses[index] = " ".join(text.splitlines())
+            bar.update(len(chunk))
     bar.close()
     return Translations(hypotheses, truncated, len(lines) - len(todo))
+
+
+def _beam_batch(sources: list[list[int] | None], chunk: list[int], width: int,
+                options: TranslateOptions) -> tuple[dict[str, jax.Array], np.ndarray]:
+    """A batch of `options.batch_size` rows (the lines `chunk` of `sources`, padded to
+    `width` columns) and its rows' new-token limits."""
+    rows = options.batch_size
+    inputs = np.full((rows, width), PAD_ID, np.int32)
+    for row, index in enumerate(chunk):
+        inputs[row, : len(sources[index])] = sources[index]
+    batch = {"inputs": jnp.asarray(inputs), "prompt": jnp.full((rows, 1), BOS_ID, jnp.int32)}
+    # Each line's own limit, in one buffer of max_new_tokens for every batch: the search
+    # grows its cache in phases and exits when its rows are done, so a short batch pays
+    # nothing for the buffer's length, and a second buffer size would be a second program
+    # per width. Padding rows get the smallest limit, so they never keep the loop running.
+    limits = np.ones(rows, np.int32)
+    limits[: len(chunk)] = [options.new_token_limit(len(sources[i])) for i in chunk]
+    return batch, limits
 
 
 # A width fewer batches than this would use is merged into the next wider one: compiling a
