@@ -9,7 +9,9 @@
   one phase over the whole cache, and so do the sampler's tokens and log-probs;
 * `translate_lines` sorts lines by length and pads columns to a bucket width (a width too few
   batches would use merged into a wider one): each output equals translating that line alone,
-  in the input order.
+  in the input order;
+* a program compiled ahead (`compile_beam_search`, in a background thread while another batch
+  decodes) is the one the search then runs: nothing compiles twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 
 from lmfuse.decode import beam_search, beam_state, cache_phases, sample, seq2seq_decode_step
+from lmfuse.decode.beam import compile_beam_search
 from lmfuse.evaluate import translation
 from lmfuse.evaluate.translation import (
     TranslateOptions,
@@ -252,3 +255,23 @@ def test_init_in_phases_holds_the_prompt_and_the_first_phase(name):
         return
     assert phases == (2, 4, 8, 12)
     assert state["cache"]["layers"][0]["k"].shape[2] == 1 + 2  # the prompt and phase one
+
+
+def test_a_program_compiled_ahead_is_the_one_the_search_then_runs(caplog):
+    # translate_lines compiles each batch width's program in a background thread; the search
+    # must then find it in jit's caches, or the host compiles everything twice.
+    decoder, params = random_s2s("s2s_transformer", copy_source=True)
+    batch, limits = batch_of(sources(3, 7, seed=4)), np.asarray([3, 9, 5], np.int32)
+    options = {"beam_size": 2, "max_new_tokens": 9, "row_limits": limits}
+    jax.clear_caches()
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        compile_beam_search(decoder, params, batch, **options)
+        compiled = [r for r in caplog.records if "_beam_search" in r.getMessage()
+                    and "compilation" in r.getMessage()]
+        caplog.clear()
+        out = beam_search(decoder, params, batch, **options)
+        again = [r for r in caplog.records if "_beam_search" in r.getMessage()
+                 and "compilation" in r.getMessage()]
+    assert len(compiled) == 1 and not again
+    jax.clear_caches()
+    np.testing.assert_array_equal(out.tokens, beam_search(decoder, params, batch, **options).tokens)
