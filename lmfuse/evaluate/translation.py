@@ -36,7 +36,7 @@ from lmfuse.decode import DecodeStep, beam_search
 from lmfuse.decode.beam import compile_beam_search, ranking_alpha
 from lmfuse.decode.rescoring import Rescorer
 from lmfuse.errors import LmfuseError
-from lmfuse.evaluate.metrics import score_translations
+from lmfuse.evaluate.metrics import copy_scores, score_translations
 from lmfuse.progress import progress_bar
 from lmfuse.schema import decode_config
 from lmfuse.tokens import BOS_ID, EOS_ID, PAD_ID
@@ -147,7 +147,12 @@ def translate_and_score(
     `score_translations` (BLEU, chrF, ROUGE-L, PINC, the copy-the-source baseline and the
     signatures) with the beam size and length penalty that made them. A `rescorer` re-ranks
     each n-best list before the best is taken (LM rescoring)."""
-    out = translate_lines(decoder, params, tokenizer, sources, options, rescorer=rescorer)
+    # The copy baseline needs no hypotheses: it is scored on the host while the device decodes
+    # (`copy_scores` keeps it for the next system scored on these pairs).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        copy = pool.submit(copy_scores, tuple(sources), tuple(references))
+        out = translate_lines(decoder, params, tokenizer, sources, options, rescorer=rescorer)
+        copy.result()  # (its error, if any, raised here)
     scores = score_translations(out.hypotheses, references, sources)
     # The exponent the beam really ranked by: 0 (the raw sum) for a non-monotone fused decoder.
     scores.update(beam_size=options.beam_size, alpha=ranking_alpha(decoder, options.alpha))
