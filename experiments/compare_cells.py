@@ -4,6 +4,8 @@
         --baseline f100-transformer-deep_no_lm-s1 f100-transformer-deep-s1 f100-transformer-none-s1
     python experiments/compare_cells.py --workdir workdirs/fusion_study_cpu3 \
         --method deep --control deep_no_lm --output experiments/results/fusion_study_deep_vs_control.md
+    python experiments/compare_cells.py --workdir workdirs/fusion_study_cpu3 \
+        --method deep --control deep_no_lm --fractions 100 --backbones rnn
 
 The report compares every cell with its own `none`; this compares any cells with any one of
 them (a method with its control, two fusions), with sacrebleu's paired bootstrap under the
@@ -15,6 +17,8 @@ same other labels (fraction, backbone, seed), and calls a verdict per fraction a
 over the seeds with the report's rule (`protocol.verdict`). A pair is compared only when both
 cells' outputs give their stored test BLEU, so a model re-made from its commands must have
 reproduced its scored outputs; a pair that cannot be compared is listed with the reason.
+`--fractions` / `--backbones` keep only the method cells with those labels (a slice whose
+models were trained again, beside a table of the others).
 """
 
 from __future__ import annotations
@@ -63,16 +67,20 @@ def read_records(workdir: Path) -> dict[str, dict[str, Any]]:
             for key in cell_keys(cells)}
 
 
-def control_pairs(records: dict[str, dict[str, Any]], method: str, control: str
+def control_pairs(records: dict[str, dict[str, Any]], method: str, control: str,
+                  where: dict[str, Sequence[Any]] | None = None
                   ) -> list[tuple[str, str | None]]:
-    """(method cell, its control cell or None) for every finished cell of `method`: the
-    control is the cell of `control` whose other labels are the same."""
+    """(method cell, its control cell or None) for every finished cell of `method` (whose
+    labels are among `where`'s values, if given): the control is the cell of `control` whose
+    other labels are the same."""
+    where = {name: values for name, values in (where or {}).items() if values}
     by_labels = {json.dumps({**r["labels"], "method": None}, sort_keys=True): key
                  for key, r in records.items()
                  if r["labels"].get("method") == control and r["status"] == "ok"}
     return [(key, by_labels.get(json.dumps({**r["labels"], "method": None}, sort_keys=True)))
             for key, r in records.items()
-            if r["labels"].get("method") == method and r["status"] == "ok"]
+            if r["labels"].get("method") == method and r["status"] == "ok"
+            and all(r["labels"].get(name) in values for name, values in where.items())]
 
 
 def compare_pair(workdir: Path, records: dict[str, dict[str, Any]], key: str,
@@ -99,12 +107,14 @@ def compare_pair(workdir: Path, records: dict[str, dict[str, Any]], key: str,
     return {"method": report[key], "control": report[control_key]}
 
 
-def compare_with_control(workdir: Path, method: str, control: str) -> list[dict[str, Any]]:
-    """One row per cell of `method`: its labels, and its comparison with its control."""
+def compare_with_control(workdir: Path, method: str, control: str,
+                         where: dict[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per cell of `method` (with `where`'s labels): its labels, and its comparison
+    with its control."""
     records = read_records(workdir)
     return [{"key": key, "control_key": control_key, "labels": records[key]["labels"],
              **compare_pair(workdir, records, key, control_key)}
-            for key, control_key in control_pairs(records, method, control)]
+            for key, control_key in control_pairs(records, method, control, where)]
 
 
 def control_table(rows: Sequence[dict[str, Any]], method: str, control: str) -> list[str]:
@@ -154,12 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", help="with --control: every cell of this method ...")
     parser.add_argument("--control", help="... against the cell of this method with its labels")
     parser.add_argument("--output", type=Path, help="with --control: write the table here")
+    parser.add_argument("--fractions", type=float, nargs="+", default=(),
+                        help="with --control: only the cells of these fractions (%%)")
+    parser.add_argument("--backbones", nargs="+", default=(),
+                        help="with --control: only the cells of these backbones")
     args = parser.parse_args(argv)
     if bool(args.method) != bool(args.control) or bool(args.control) == bool(args.baseline):
         parser.error("give either --baseline and cells, or --method and --control")
+    if (args.fractions or args.backbones) and not args.control:
+        parser.error("--fractions and --backbones choose the pairs of --method and --control")
     if args.control:
+        where = {"fraction": args.fractions, "backbone": args.backbones}
         try:
-            rows = compare_with_control(args.workdir, args.method, args.control)
+            rows = compare_with_control(args.workdir, args.method, args.control, where)
         except LmfuseError as error:
             print(f"compare_cells: error: {error}", file=sys.stderr)
             return 2

@@ -44,8 +44,8 @@ Every model trained from scratch has an epoch budget over its own fraction's pai
 early stopping on the BLEU of a validation sample (`train.epochs`, `train.patience`,
 `train.stop_metric`), so small fractions are not undertrained nor large ones cut short; each
 row reports the steps, epochs and training time its model took (the cpu budget gives all the
-pairs 4 epochs, not 60: 30 minutes a model). Deep and linear fusion fine-tune for the budget's
-steps.
+pairs 4 epochs, the RNN 2, not 60: 30 minutes a model, with about half an epoch of patience).
+Deep and linear fusion fine-tune for the budget's steps.
 
 The protocol is `lmfuse.evaluate.protocol`'s. Selection reads a seeded validation sample
 spread over every book (--val_sample) and nothing else: a trained model's checkpoint (early
@@ -129,10 +129,16 @@ SIZES = {
         # loss is best at step 100, BLEU still rises at 250), so stopping on it undertrains.
         "s2s_epochs": 60,
         # 60 epochs of 1% or 5% is 190-940 steps; of all the pairs (about 10,000) it would be
-        # 19,000, where the budget allows a model 30 minutes: 4 epochs (about 1,260 steps; the
-        # Carlson table's 1,200 steps of the same model took 25 minutes on this CPU).
-        "s2s_epochs_by_fraction": {100.0: 4},
+        # 19,000, where the budget allows a model 30 minutes: the Transformer 4 epochs (about
+        # 1,270 steps of 32 rows; 1,564 s on seed 0), the RNN 2 (about 1,290 steps of 16 rows,
+        # 1.28 s each: 4 epochs took it 55 minutes).
+        "s2s_epochs_by_fraction": {100.0: {"transformer": 4, "rnn": 2}},
         "patience": 3,
+        # 3 evaluations of 50 steps are 5-23 epochs of 1% or 5% but a fraction of one of all the
+        # pairs: 0.47 of the Transformer's, 0.23 of the RNN's, which stopped the RNN's seed 2 at
+        # 1.4 epochs, its validation BLEU on a plateau while validation perplexity still fell.
+        # At 100% the patience is half an epoch, to the nearest evaluation (the Transformer's 3).
+        "patience_by_fraction": {100.0: {"rnn": 6}},
         "eval_every": 50,
         "stop_metric": "bleu",
         "eval_translate_sample": 200,
@@ -150,6 +156,7 @@ SIZES = {
         "s2s_epochs": 30,
         "s2s_epochs_by_fraction": {},
         "patience": 5,
+        "patience_by_fraction": {},
         "eval_every": 500,
         "stop_metric": "bleu",
         "eval_translate_sample": 500,
@@ -189,7 +196,10 @@ class Plan:
     lm_overrides: tuple[str, ...]  # for every LM
     s2s_overrides: tuple[str, ...]  # for every encoder-decoder, fused or not
     method_steps: dict[str, int]  # train.steps of deep / linear fusion (0: the config's)
-    epochs_by_fraction: dict[float, float]  # fraction % -> its encoder-decoders' epoch budget
+    # fraction % -> backbone -> its encoder-decoders' epoch budget / early-stopping patience,
+    # where they differ from the budget's
+    epochs_by_fraction: dict[float, dict[str, float]]
+    patience_by_fraction: dict[float, dict[str, int]]
     checkpoints: int  # checkpoints kept per encoder-decoder, chosen among on validation
     grids: dict[str, tuple[float, ...]]  # decode-time weight -> its grid (0 added when used)
     val_sample: int  # seeded validation sample (0: all)
@@ -198,6 +208,16 @@ class Plan:
     # Steps multiplier per backbone, so backbones whose configs train smaller batches see as
     # many tokens as the others (the tiny RNN trains 16 rows a step, the Transformer 32).
     step_scale: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def fraction_overrides(self, percent: float, backbone: str) -> tuple[str, ...]:
+        """The epoch budget and patience of a fraction's encoder-decoders of `backbone`, where
+        they differ from the budget's."""
+        overrides = ()
+        if (epochs := self.epochs_by_fraction.get(percent, {}).get(backbone)) is not None:
+            overrides += (override("train.epochs", epochs),)
+        if (patience := self.patience_by_fraction.get(percent, {}).get(backbone)) is not None:
+            overrides += (override("train.patience", patience),)
+        return overrides
 
     def spec(self, path: str) -> str:
         """`path` with the plan's variant, after its own: 'configs/fusion.py:deep,tiny'."""
@@ -231,6 +251,7 @@ def plan(budget: str, settings: dict[str, Any]) -> Plan:
         s2s_overrides=s2s,
         method_steps={"deep": sizes["deep_steps"], "linear": sizes["linear_steps"]},
         epochs_by_fraction=dict(sizes["s2s_epochs_by_fraction"]),
+        patience_by_fraction=dict(sizes["patience_by_fraction"]),
         checkpoints=settings["checkpoints"],
         grids={weight: tuple(settings[name]) for name, weight in WEIGHT_GRIDS.items()},
         val_sample=settings["val_sample"],
@@ -268,8 +289,8 @@ def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     (the one chosen on validation; 0: its newest)."""
     spec = plan.spec(BACKBONES[backbone])
     base = plan.s2s_overrides
-    if percent in plan.epochs_by_fraction:  # before the recipe: deep / linear fusion count steps
-        base += (override("train.epochs", plan.epochs_by_fraction[percent]),)
+    base += plan.fraction_overrides(percent, backbone)  # before the recipe: deep / linear
+    # fusion count steps
     if method in TRAINED:
         trains_as = fusion_method(method)
         base += recipe(plan.spec(f"configs/fusion.py:{trains_as}"), method,
@@ -434,12 +455,18 @@ def describe_task(plan: Plan, ctx: RunContext) -> str:
     if train.epochs and train.patience:
         watched = ("validation loss" if train.stop_metric == "nll" else
                    f"validation {train.stop_metric} of {train.eval_translate_sample} pairs")
-        exceptions = "".join(f", {epochs:g} at {percent:g}%"
-                             for percent, epochs in plan.epochs_by_fraction.items())
-        task += (f"; encoder-decoders train up to {train.epochs:g} epochs{exceptions}, stopped once "
-                 f"{watched} (every {train.eval_every} steps) has not improved "
-                 f"{train.patience} times in a row")
+        task += (f"; encoder-decoders train up to {train.epochs:g} epochs"
+                 f"{_exceptions(plan.epochs_by_fraction)}, stopped once {watched} (every "
+                 f"{train.eval_every} steps) has not improved {train.patience} times in a row"
+                 f"{_exceptions(plan.patience_by_fraction)}")
     return task
+
+
+def _exceptions(by_fraction: dict[float, dict[str, float]]) -> str:
+    """', 4 (transformer) and 2 (rnn) at 100%' from {100: {'transformer': 4, 'rnn': 2}}."""
+    return "".join(
+        ", " + " and ".join(f"{value:g} ({backbone})" for backbone, value in values.items())
+        + f" at {percent:g}%" for percent, values in by_fraction.items())
 
 
 # ---------------------------------------------------------------------------------------------

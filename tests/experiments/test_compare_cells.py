@@ -83,6 +83,30 @@ def test_the_table_calls_a_gain_over_the_compared_seeds_and_lists_the_rest(study
     assert capsys.readouterr().out.strip() in text
 
 
+def test_the_pairs_can_be_limited_to_a_slice(study, capsys):
+    """--fractions / --backbones keep the method cells with those labels, and their verdict."""
+    workdir, ledger, references, _ = study
+    outputs = edited(references, random.Random(1), 0.1)
+    (ledger.cells / "f1-rnn-deep.test.hyp").write_text("\n".join(outputs) + "\n")
+    values = {"eval_sets": {"test": {"split": "test", "sample": 60, "seed": 0}},
+              "test": {"bleu": bleu(outputs, references)}}
+    ledger.write(CellRecord("f1-rnn-deep", {"fraction": 1.0, "backbone": "rnn", "method": "deep",
+                                           "seed": 0}, OK, 1.0, values))
+    every = compare_cells.compare_with_control(workdir, "deep", "deep_no_lm")
+    assert len(every) == 5
+    for where, keys in (({"fraction": [5.0]}, 4), ({"backbone": ["rnn"]}, 1),
+                        ({"fraction": [5.0], "backbone": ["rnn"]}, 0),
+                        ({"fraction": [1.0, 5.0], "backbone": []}, 5)):
+        assert len(compare_cells.compare_with_control(workdir, "deep", "deep_no_lm", where)) == keys
+    assert compare_cells.main(["--workdir", str(workdir), "--method", "deep", "--control",
+                               "deep_no_lm", "--fractions", "5", "--backbones", "transformer"]) == 0
+    out = capsys.readouterr().out.rstrip()
+    assert "| 1 | rnn |" not in out
+    assert out.splitlines()[-1].startswith("| 5 | transformer | 3 |") and out.endswith("| gain |")
+    with pytest.raises(SystemExit):
+        compare_cells.main(["--workdir", str(workdir), "--baseline", "a", "b", "--fractions", "5"])
+
+
 def test_outputs_that_do_not_give_the_stored_bleu_are_not_compared(study):
     workdir, ledger, references, outputs = study
     key = "f5-transformer-deep-s1"  # re-made from its commands, say, and not reproduced

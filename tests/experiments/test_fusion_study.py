@@ -502,23 +502,36 @@ def test_the_cpu_budget_gives_both_backbones_the_same_training_data(monkeypatch)
 def test_all_the_pairs_train_fewer_epochs_within_the_cpu_budget(monkeypatch):
     """60 epochs of all the pairs would be about 19,000 steps, far over the 30 minutes a model
     may train on a CPU: the models trained from scratch on 100% get the budget's epochs for that
-    fraction, the smaller fractions keep theirs, and deep and linear fusion keep their steps."""
+    fraction and backbone (the RNN, twice the Transformer's steps an epoch, fewer), with a
+    patience of about half an epoch (the RNN's longer); the smaller fractions keep the budget's
+    epochs and patience, and deep and linear fusion keep their steps."""
     monkeypatch.chdir(REPO)
     plan = fusion_study.plan("cpu", fusion_study.defaults("cpu"))
     sizes = fusion_study.SIZES["cpu"]
     ctx = runner.RunContext(Path("unused"), "cpu", {}, ())
 
-    def train(percent: float, method: str):
-        return fusion_study.s2s_run(ctx, plan, percent, "transformer", method).load().train
+    def train(percent: float, method: str, backbone: str = "transformer"):
+        return fusion_study.s2s_run(ctx, plan, percent, backbone, method).load().train
 
     full = sizes["s2s_epochs_by_fraction"][100.0]
-    assert 0 < full < sizes["s2s_epochs"]
-    for method in ("none", "cold", "simple_postnorm", "lm_prior"):
-        assert train(100.0, method).epochs == full and train(100.0, method).patience
-        assert train(5.0, method).epochs == train(1.0, method).epochs == sizes["s2s_epochs"]
-    for method in ("deep", "linear"):
-        assert (train(100.0, method).epochs, train(100.0, method).steps) == (
-            0, sizes[f"{method}_steps"])
-    user = runner.RunContext(Path("unused"), "cpu", {}, ("--config.train.epochs=2",))
-    assert fusion_study.s2s_run(user, plan, 100.0, "transformer").load().train.epochs == 2
-    assert fusion_study.plan("gpu", fusion_study.defaults("gpu")).epochs_by_fraction == {}
+    assert 0 < full["rnn"] < full["transformer"] < sizes["s2s_epochs"]
+    patience = {"transformer": sizes["patience"], **sizes["patience_by_fraction"][100.0]}
+    assert patience["rnn"] > patience["transformer"]
+    for backbone in ("transformer", "rnn"):
+        for method in ("none", "cold", "simple_postnorm", "lm_prior"):
+            budget = train(100.0, method, backbone)
+            assert (budget.epochs, budget.patience) == (full[backbone], patience[backbone])
+            assert budget.keep_checkpoints >= budget.patience + 1  # the best one survives
+            for percent in (1.0, 5.0):
+                small = train(percent, method, backbone)
+                assert (small.epochs, small.patience) == (sizes["s2s_epochs"], sizes["patience"])
+        for method in ("deep", "linear"):
+            steps = sizes[f"{method}_steps"] * (sizes["rnn_step_scale"] if backbone == "rnn" else 1)
+            assert (train(100.0, method, backbone).epochs,
+                    train(100.0, method, backbone).steps) == (0, steps)
+    user = runner.RunContext(Path("unused"), "cpu", {}, ("--config.train.epochs=3",
+                                                          "--config.train.patience=9"))
+    mine = fusion_study.s2s_run(user, plan, 100.0, "rnn").load().train
+    assert (mine.epochs, mine.patience) == (3, 9)  # the user's overrides win
+    gpu = fusion_study.plan("gpu", fusion_study.defaults("gpu"))
+    assert gpu.epochs_by_fraction == gpu.patience_by_fraction == {}
