@@ -130,8 +130,8 @@ SIZES = {
         "s2s_epochs": 60,
         # 60 epochs of 1% or 5% is 190-940 steps; of all the pairs (about 10,000) it would be
         # 19,000, where the budget allows a model 30 minutes: the Transformer 4 epochs (about
-        # 1,270 steps of 32 rows; 1,564 s on seed 0), the RNN 2 (about 1,290 steps of 16 rows,
-        # 1.28 s each: 4 epochs took it 55 minutes).
+        # 1,270 steps of 32 rows; 1,564 s on seed 0), the RNN 2 (about 1,290 steps of 16 rows;
+        # 1,560 s on seed 0, where 4 epochs would take it about 52 minutes).
         "s2s_epochs_by_fraction": {100.0: {"transformer": 4, "rnn": 2}},
         "patience": 3,
         # 3 evaluations of 50 steps are 5-23 epochs of 1% or 5% but a fraction of one of all the
@@ -289,8 +289,8 @@ def s2s_run(ctx: RunContext, plan: Plan, percent: float, backbone: str,
     (the one chosen on validation; 0: its newest)."""
     spec = plan.spec(BACKBONES[backbone])
     base = plan.s2s_overrides
-    base += plan.fraction_overrides(percent, backbone)  # before the recipe: deep / linear
-    # fusion count steps
+    # Before the recipe, whose steps then win for deep / linear fusion.
+    base += plan.fraction_overrides(percent, backbone)
     if method in TRAINED:
         trains_as = fusion_method(method)
         base += recipe(plan.spec(f"configs/fusion.py:{trains_as}"), method,
