@@ -12,10 +12,6 @@ prompt: they are held once per prompt and the step runs over the beams under `vm
 (`lmfuse.decode.cache_phases`), so attention and the reordering read only about the written
 prefix of a KV cache, not every slot up to the length limit.
 
-The same search also runs one stage (cache phase) per program (`search_stage`), so that a host
-decoding many batches can drop the prompts that are done between stages and pool the rest
-(`lmfuse.decode.beam_pool`); `beam_search` itself is one program.
-
 With `no_repeat_ngram_size` n > 0, each live beam's extensions that would repeat an n-gram of
 its own generated tokens get score -inf (`repeated_ngram_ban`, on the per-token scores after
 log_softmax as in Hugging Face: the other tokens keep their log-probs). The beams' token
@@ -51,13 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from lmfuse.decode import beam_state, topk
-from lmfuse.decode.cache_phases import (
-    FIRST_PHASE_TOKENS,
-    grow_slots,
-    init_in_phases,
-    phase_layout,
-    phase_lengths,
-)
+from lmfuse.decode.cache_phases import FIRST_PHASE_TOKENS, grow_slots, init_in_phases
 from lmfuse.decode.processors import (
     DecodeContext,
     Processor,
@@ -178,177 +168,30 @@ def _search_args(decoder: DecodeStep, params: Any, batch: Batch, *, beam_size: i
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def _beam_search(decoder, chain, k, num_tokens, alpha, ngram, first_phase, params, batch, eos_id,
                  limits):
-    logits, state, phases, axes = init_in_phases(decoder, params, batch, num_tokens, first_phase)
-    per_beam = beam_state.per_beam_leaves(decoder, params, state, batch["prompt"].shape[0])
-    carry = _initial_carry(chain, k, num_tokens, batch, logits, state, per_beam)
-    if axes is not None:
-        axes = beam_state.slot_axes(axes, per_beam)
-    body = _search_body(decoder, chain, k, num_tokens, alpha, ngram, params, eos_id, limits,
-                        per_beam)
-    for n, length in enumerate(phases):  # iteration i writes cache slot prompt_len + i
-        carry = _run_until(carry, length, body, decoder, alpha, limits)
-        if n + 1 < len(phases):
-            carry = _grown(carry, axes, phases[n + 1] - length)
-    return search_output(carry)
-
-
-def stage_lengths(max_new_tokens: int, first_phase_tokens: int = FIRST_PHASE_TOKENS
-                  ) -> tuple[int, ...]:
-    """New tokens written by the end of each stage of `search_stage`: the cache phases'
-    lengths (for a state without slots, e.g. an RNN's carry, the same points, nothing grown)."""
-    return phase_lengths(max_new_tokens, first_phase_tokens)
-
-
-def search_stage(decoder: DecodeStep, params: Any, batch: Batch, stage: int,
-                 carry: Carry | None = None, until: int | None = None, **options: Any
-                 ) -> tuple[Carry, jax.Array]:
-    """Part of `beam_search(decoder, params, batch, **options)` in cache phase `stage`: stage 0
-    starts the search from `batch`; stage n > 0 continues `carry` (stage n's size: a carry of
-    stage n - 1 goes through `grow_stage` first; rows gathered from several carries are fine,
-    rows are independent). It runs until `until` new tokens are written (at most the stage's
-    end, `stage_lengths(...)[stage]`, the default) or every row is done, and returns the carry
-    and [B] bool `rows_done` (`search_output(carry)` holds a done row's final n-best list).
-    Running every stage to its end in turn decodes what `beam_search` does; `until` is traced,
-    so stopping a stage early and going on costs no program of its own."""
-    args = _stage_args(decoder, params, batch, stage, carry, options)
-    end = stage_lengths(args[3], args[6])[stage]
-    until = end if until is None else min(int(until), end)
-    return _search_stage(*args, jnp.asarray(until, jnp.int32))
-
-
-def grow_stage(decoder: DecodeStep, params: Any, batch: Batch, stage: int, carry: Carry,
-               **options: Any) -> Carry:
-    """A carry of stage `stage - 1` with its cache grown to stage `stage`'s size (unchanged
-    where the state has no slots, e.g. an RNN's)."""
-    return _grow_stage(*_stage_args(decoder, params, batch, stage, carry, options))
-
-
-def compile_search_stages(decoder: DecodeStep, params: Any, batch: Batch, **options: Any) -> None:
-    """Compiles every program `search_stage` and `grow_stage` run for batches shaped like
-    `batch`, in order, without running them (as `compile_beam_search`)."""
-    carry = None
-    stages = stage_lengths(options["max_new_tokens"],
-                           options.get("first_phase_tokens", FIRST_PHASE_TOKENS))
-    for stage in range(len(stages)):
-        if stage:
-            lowered = _grow_stage.lower(*_stage_args(decoder, params, batch, stage, carry, options))
-            lowered.compile()
-            carry = lowered.out_info
-        args = _stage_args(decoder, params, batch, stage, carry, options)
-        lowered = _search_stage.lower(*args, jnp.asarray(stages[stage], jnp.int32))
-        lowered.compile()
-        carry = lowered.out_info[0]
-
-
-def _stage_args(decoder, params, batch, stage, carry, options) -> tuple:
-    args = _search_args(decoder, params, batch, **options)
-    return (*args[:7], int(stage), *args[7:], carry)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
-def _search_stage(decoder, chain, k, num_tokens, alpha, ngram, first_phase, stage, params, batch,
-                  eos_id, limits, carry, until):
-    b = batch["prompt"].shape[0]
-    if stage == 0:
-        logits, state, _, _ = init_in_phases(decoder, params, batch, num_tokens, first_phase)
-        per_beam = beam_state.per_beam_leaves(decoder, params, state, b)
-        carry = _initial_carry(chain, k, num_tokens, batch, logits, state, per_beam)
-    else:
-        _, _, first = phase_layout(decoder, params, batch, num_tokens, first_phase)
-        per_beam = beam_state.per_beam_leaves(decoder, params, first, b)
-    body = _search_body(decoder, chain, k, num_tokens, alpha, ngram, params, eos_id, limits,
-                        per_beam)
-    carry = _run_until(carry, until, body, decoder, alpha, limits)
-    return carry, rows_done(carry, decoder, alpha, limits)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
-def _grow_stage(decoder, chain, k, num_tokens, alpha, ngram, first_phase, stage, params, batch,
-                eos_id, limits, carry):
-    _, axes, first = phase_layout(decoder, params, batch, num_tokens, first_phase)
-    if axes is None:  # no slots: the stages are only points to stop at
-        return carry
-    stages = stage_lengths(num_tokens, first_phase)
-    per_beam = beam_state.per_beam_leaves(decoder, params, first, batch["prompt"].shape[0])
-    return _grown(carry, beam_state.slot_axes(axes, per_beam), stages[stage] - stages[stage - 1])
-
-
-class Carry(NamedTuple):
-    """The search's loop state for B prompts and K beams. `step`: new tokens written so far
-    (the same for every prompt); `logits` [B*K, V] for the next token (prompt-major); `state`
-    the split decode state (`beam_state`: shared leaves [B, ...], per-beam ones [K, B, ...]);
-    `seen` [B*K, V] or None; live and finished hypotheses [B, K] and [B, K, N]."""
-
-    step: jax.Array
-    logits: jax.Array
-    state: Any
-    seen: jax.Array | None
-    live_logprobs: jax.Array
-    live_seqs: jax.Array
-    fin_scores: jax.Array
-    fin_logprobs: jax.Array
-    fin_seqs: jax.Array
-    fin_flags: jax.Array
-
-
-def search_output(carry: Carry) -> BeamOutput:
-    """The n-best lists a finished search holds."""
-    return BeamOutput(carry.fin_seqs, carry.fin_scores,
-                      jnp.where(carry.fin_flags, carry.fin_logprobs, NEG_INF), carry.fin_flags)
-
-
-def rows_done(carry: Carry, decoder: DecodeStep, alpha: float, limits: jax.Array) -> jax.Array:
-    """[B] bool: prompts whose n-best list can no longer change. A prompt is done at its length
-    limit or, for a monotone decoder, once its worst finished score beats the best score any
-    live beam could still reach (its sum can only fall, so for alpha >= 0 the best case is at
-    the limit). A non-monotone decoder's live score may still rise: done only at the limit."""
-    at_limit = carry.step >= limits
-    if not decoder.monotone:
-        return at_limit
-    best_live = carry.live_logprobs[:, 0] / length_penalty(limits.astype(jnp.float32), alpha)
-    worst_fin = jnp.min(carry.fin_scores, axis=1)  # NEG_INF while fewer than K have finished
-    return at_limit | (worst_fin > best_live)
-
-
-def _run_until(carry: Carry, length: int | jax.Array, body, decoder: DecodeStep, alpha: float,
-               limits: jax.Array) -> Carry:
-    """Steps `carry` until `length` new tokens are written or every prompt is done."""
-    def cond(c: Carry) -> jax.Array:
-        return (c.step < length) & ~jnp.all(rows_done(c, decoder, alpha, limits))
-
-    return jax.lax.while_loop(cond, body, carry)
-
-
-def _grown(carry: Carry, axes: Any, extra: int) -> Carry:
-    return carry._replace(state=grow_slots(carry.state, axes, extra))
-
-
-def _initial_carry(chain, k, num_tokens, batch, logits, state, per_beam) -> Carry:
-    """The carry before the first step: `init`'s logits and state tiled to K beams, only beam 0
-    real (the others are placeholders, so the top-k is not K copies of one hypothesis)."""
     prompt = batch["prompt"]
     b = prompt.shape[0]
+    logits, state, phases, axes = init_in_phases(decoder, params, batch, num_tokens, first_phase)
     vocab = logits.shape[-1]
+    per_beam = beam_state.per_beam_leaves(decoder, params, state, b)
     logits, state = tile_beams(logits, k), beam_state.tile(state, per_beam, k)
+    if axes is not None:
+        axes = beam_state.slot_axes(axes, per_beam)
     seen = None  # only a processor that reads it pays for its scatter per step
     if any(getattr(processor, "uses_seen", False) for processor in chain):
         seen = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], prompt].set(True)
         seen = tile_beams(seen.at[:, PAD_ID].set(False), k)
-    live_logprobs = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
-    seqs = jnp.full((b, k, num_tokens), PAD_ID, jnp.int32)
-    return Carry(jnp.asarray(0, jnp.int32), logits, state, seen, live_logprobs, seqs,
-                 jnp.full((b, k), NEG_INF, jnp.float32), jnp.zeros((b, k), jnp.float32), seqs,
-                 jnp.zeros((b, k), bool))
-
-
-def _search_body(decoder, chain, k, num_tokens, alpha, ngram, params, eos_id, limits, per_beam):
-    """One step of the search: extend, rank, split into live and finished, reorder, step."""
     two_k = 2 * k
 
-    def body(c: Carry) -> Carry:
+    def cond(c):
+        i, live_logprobs, fin_scores = c[0], c[4], c[6]
+        if not decoder.monotone:  # a live score may still rise: no bound, run to the end
+            return i < jnp.max(limits)
+        best_live = live_logprobs[:, 0] / length_penalty(limits.astype(jnp.float32), alpha)
+        worst_fin = jnp.min(fin_scores, axis=1)  # NEG_INF while fewer than K have finished
+        return ~jnp.all((i >= limits) | (worst_fin > best_live))
+
+    def body(c):
         i, logits, state, seen, live_logprobs, live_seqs, fin_scores, fin_logprobs, fin_seqs, fin_flags = c
-        b = live_logprobs.shape[0]
-        vocab = logits.shape[-1]
         generated = live_seqs.reshape(b * k, num_tokens)
         processed = apply_processors(chain, logits, DecodeContext(i, seen, state, generated))
         if not decoder.log_scores:
@@ -389,7 +232,20 @@ def _search_body(decoder, chain, k, num_tokens, alpha, ngram, params, eos_id, li
         if seen is not None:
             seen = gather_beams(seen, parent, k).at[jnp.arange(b * k), new_tokens.reshape(-1)].set(True)
         logits, state = beam_state.step(decoder, params, state, per_beam, new_tokens)
-        return Carry(i + 1, logits, state, seen, new_live_logprobs, new_live_seqs, new_fin_scores,
-                     new_fin_logprobs, new_fin_seqs, new_fin_flags)
+        return (i + 1, logits, state, seen, new_live_logprobs, new_live_seqs, new_fin_scores,
+                new_fin_logprobs, new_fin_seqs, new_fin_flags)
 
-    return body
+    # Only beam 0 is real at the start; the others are placeholders so the top-k is not K
+    # copies of the same hypothesis.
+    live_logprobs = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
+    seqs = jnp.full((b, k, num_tokens), PAD_ID, jnp.int32)
+    init = (jnp.asarray(0, jnp.int32), logits, state, seen, live_logprobs, seqs,
+            jnp.full((b, k), NEG_INF, jnp.float32), jnp.zeros((b, k), jnp.float32), seqs,
+            jnp.zeros((b, k), bool))
+    out = init
+    for n, length in enumerate(phases):  # iteration i writes cache slot prompt_len + i
+        out = jax.lax.while_loop(lambda c, length=length: (c[0] < length) & cond(c), body, out)
+        if n + 1 < len(phases):
+            out = (*out[:2], grow_slots(out[2], axes, phases[n + 1] - length), *out[3:])
+    fin_scores, fin_logprobs, fin_seqs, fin_flags = out[6:]
+    return BeamOutput(fin_seqs, fin_scores, jnp.where(fin_flags, fin_logprobs, NEG_INF), fin_flags)

@@ -56,24 +56,6 @@ def init_in_phases(decoder: DecodeStep, params: Any, batch: Batch, num_tokens: i
     return logits, state, (phases if axes is not None else (num_tokens,)), axes
 
 
-def phase_layout(decoder: DecodeStep, params: Any, batch: Batch, num_tokens: int,
-                 first_phase: int) -> tuple[tuple[int, ...], Any | None, Any]:
-    """What `init_in_phases` decides, from shapes alone (nothing is computed): (phases, slot
-    axes, the state's shapes at the first phase)."""
-    prompt_len = batch["prompt"].shape[1]
-    phases = phase_lengths(num_tokens, first_phase)
-    first = _state_shape(decoder, params, batch, prompt_len + phases[0])
-    if len(phases) == 1:
-        return phases, None, first
-    try:
-        axes = _grown_axes(first, _state_shape(decoder, params, batch, prompt_len + phases[0] + 1))
-    except _Irregular:
-        return (num_tokens,), None, _state_shape(decoder, params, batch, prompt_len + num_tokens)
-    if axes is None:
-        return (num_tokens,), None, _state_shape(decoder, params, batch, prompt_len + num_tokens)
-    return phases, axes, first
-
-
 def _state_shape(decoder: DecodeStep, params: Any, batch: Batch, max_len: int) -> Any:
     return jax.eval_shape(lambda: decoder.init(params, batch, max_len))[1]
 

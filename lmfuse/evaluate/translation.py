@@ -10,8 +10,7 @@ Lines are encoded with the model's tokenizer, cut to the model's source length (
 and decoded by beam search in batches of similar length (longest first), padded to one of a
 few widths (powers of two up to the source length, a width too few batches would use merged
 into the next wider one), with one output buffer for all, so a few compiled programs serve
-them all. The batches of one width decode together: every few tokens the lines whose n-best
-lists are done leave, and the rest are gathered into fewer batches (`lmfuse.decode.beam_pool`).
+them all.
 Empty lines give empty outputs without decoding, and output line i always belongs to input
 line i. Characters outside the vocabulary reach the model as bytes (the tokenizer's byte
 fallback), so no input can fail to encode. With `progress`, a bar (or, off a terminal, a
@@ -33,9 +32,8 @@ import ml_collections
 import numpy as np
 
 from lmfuse.data.tokenizer import Tokenizer
-from lmfuse.decode import DecodeStep
-from lmfuse.decode.beam import BeamOutput, compile_search_stages, ranking_alpha
-from lmfuse.decode.beam_pool import search_batches
+from lmfuse.decode import DecodeStep, beam_search
+from lmfuse.decode.beam import compile_beam_search, ranking_alpha
 from lmfuse.decode.rescoring import Rescorer
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate.metrics import copy_scores, score_translations
@@ -205,31 +203,26 @@ def translate_lines(
     search = {"beam_size": options.beam_size, "max_new_tokens": options.max_new_tokens,
               "alpha": options.alpha, "processors": processors,
               "no_repeat_ngram_size": options.no_repeat_ngram_size}
-    # Each width's stage programs compile in the background, in order of first use, while the
-    # device decodes the batches before them: compiling is the host's work, on another core.
-    # Batches of one width decode together, their finished lines leaving between the stages
-    # (`beam_pool`); longest first, so each width's batches are consecutive.
-    groups: dict[int, list[int]] = {}
-    for n, width in enumerate(widths):
-        groups.setdefault(width, []).append(n)
+    # Each width's program compiles in the background, in order of first use, while the
+    # device decodes the batches before it: compiling is the host's work, on another core.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as compiler:
-        compiled = {width: compiler.submit(compile_search_stages, decoder, params,
-                                           batches[group[0]][0], row_limits=batches[group[0]][1],
-                                           **search)
-                    for width, group in groups.items()}
-        for width, group in groups.items():
+        first: dict[int, tuple[dict[str, jax.Array], np.ndarray]] = {}
+        for width, batch in zip(widths, batches, strict=True):
+            first.setdefault(width, batch)
+        compiled = {width: compiler.submit(compile_beam_search, decoder, params, batch,
+                                           row_limits=limits, **search)
+                    for width, (batch, limits) in first.items()}
+        for chunk, width, (batch, limits) in zip(chunks, widths, batches, strict=True):
             compiled[width].result()  # compiled, or its error raised here
-            outs = search_batches(decoder, params, [batches[n] for n in group], **search)
-            for n, out in zip(group, outs, strict=True):
-                if rescorer is not None:
-                    out = rescorer(batches[n][0]["prompt"], BeamOutput(*map(jnp.asarray, out)),
-                                   options.alpha)
-                best = np.asarray(out.tokens[:, 0])
-                for row, index in enumerate(chunks[n]):
-                    # A generated newline (byte fallback can produce one) would break the lines.
-                    text = tokenizer.decode(_until_eos(best[row]))
-                    hypotheses[index] = " ".join(text.splitlines())
-                bar.update(len(chunks[n]))
+            out = beam_search(decoder, params, batch, row_limits=limits, **search)
+            if rescorer is not None:
+                out = rescorer(batch["prompt"], out, options.alpha)
+            best = np.asarray(out.tokens[:, 0])
+            for row, index in enumerate(chunk):
+                # A generated newline (byte fallback can produce one) would break the lines.
+                text = tokenizer.decode(_until_eos(best[row]))
+                hypotheses[index] = " ".join(text.splitlines())
+            bar.update(len(chunk))
     bar.close()
     return Translations(hypotheses, truncated, len(lines) - len(todo))
 

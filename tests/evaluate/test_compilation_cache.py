@@ -1,6 +1,6 @@
 """lmfuse commands keep their compiled programs on disk (`lmfuse/cli/compilation_cache.py`): a
-second `lmfuse translate` on the same model loads the beam search's programs instead of
-compiling them and writes the same output; `off` turns it off; a damaged entry is compiled again, not a crash."""
+second `lmfuse translate` on the same model loads beam search instead of compiling it and
+writes the same output; `off` turns it off; a damaged entry is compiled again, not a crash."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import run_cli, tiny_s2s_overrides
 
 from lmfuse.cli import compilation_cache
 
-HIT = "Persistent compilation cache hit for 'jit__search_stage'"
+HIT = "Persistent compilation cache hit for 'jit__beam_search'"
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,11 @@ def translate(workdir: Path, output: Path, cache: str, **env: str):
     return result.stderr, output.read_text(encoding="utf-8")
 
 
-def test_a_second_run_loads_the_beam_search_and_decodes_the_same(workdir, tmp_path):
+def test_a_second_run_loads_beam_search_and_decodes_the_same(workdir, tmp_path):
     cache = tmp_path / "cache"
     first_log, first = translate(workdir, tmp_path / "first.txt", str(cache))
     assert HIT not in first_log
-    assert any(p.name.startswith("jit__search_stage") for p in cache.iterdir())
+    assert any(p.name.startswith("jit__beam_search") for p in cache.iterdir())
     second_log, second = translate(workdir, tmp_path / "second.txt", str(cache))
     assert HIT in second_log
     assert second == first and len(first.splitlines()) == 8
@@ -54,7 +54,7 @@ def test_off_compiles_every_time_and_writes_nothing(workdir, tmp_path):
 def test_a_damaged_entry_is_compiled_again(workdir, tmp_path):
     cache = tmp_path / "cache"
     _, first = translate(workdir, tmp_path / "first.txt", str(cache))
-    entries = [p for p in cache.iterdir() if p.name.startswith("jit__search_stage")]
+    entries = [p for p in cache.iterdir() if p.name.startswith("jit__beam_search")]
     assert entries
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:100])  # a write cut short
