@@ -397,12 +397,16 @@ def build_cells(plan: Plan, fractions: Sequence[float], backbones: Sequence[str]
                 for method in ordered:
                     labels = {"fraction": percent, "backbone": backbone, "method": method,
                               "seed": seed}
-                    same_lm = method == "density_ratio" and percent == 100
                     cells.append(Cell(cell_key(percent, backbone, method, seed), labels,
                                       _cell_function(plan, percent, backbone, method, seed),
-                                      not_applicable=SAME_LM_TWICE if same_lm else "",
+                                      not_applicable=not_applicable(percent, method),
                                       settings=grids_read_by(method)))
     return cells
+
+
+def not_applicable(percent: float, method: str) -> str:
+    """Why the cell is never run, or '' where it runs: density ratio with all the pairs."""
+    return SAME_LM_TWICE if method == "density_ratio" and percent == 100 else ""
 
 
 def _cell_function(plan: Plan, percent: float, backbone: str, method: str, seed: int):
