@@ -4,6 +4,7 @@
     python experiments/verdict_matrix.py experiments/results/fusion_study_ledger.json \
         experiments/results/fusion_controls/fusion_study_ledger.json \
         experiments/results/fusion_1pct_s2/fusion_study_ledger.json \
+        experiments/results/fusion_100pct_s0/fusion_study_ledger.json \
         --write experiments/results/fusion_study_findings.md
 
 Reads the ledgers the study writes beside its report (`<results>/fusion_study_ledger.json`).
@@ -27,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from bench_train import write_generated_block
-from fusion_study import METHODS, SAME_LM_TWICE, not_applicable
+from fusion_study import BACKBONES, METHODS, SAME_LM_TWICE, not_applicable
+from lib.tables import p_value
 
 from lmfuse.errors import LmfuseError
 from lmfuse.evaluate import protocol
 
-BACKBONES = ("transformer", "rnn")
 MARKS = ("", "†", "‡", "§", "¶")  # the ledger a seed came from, after the first
 SECTION = "## The answer so far"
 Key = tuple[float, str, str, int]  # fraction, backbone, method, seed
@@ -70,10 +71,9 @@ def merged_cells(ledgers: Sequence[dict[str, Any]]) -> dict[Key, tuple[int, dict
 
 
 def difference(record: dict[str, Any]) -> tuple[float, float | None]:
-    """Test BLEU minus its own `none`'s, and the paired bootstrap's p (None: same output)."""
+    """Test BLEU minus its own `none`'s, and the paired bootstrap's p (1 for the same output)."""
     against = record["values"]["confidence"]["none"]
-    p = None if against.get("identical") else against["system"]["bleu_p"]
-    return against["system"]["bleu"] - against["baseline"]["bleu"], p
+    return against["system"]["bleu"] - against["baseline"]["bleu"], p_value(against)
 
 
 def entry(seeds: list[tuple[int, int, dict[str, Any]]], method: str) -> str:
