@@ -56,7 +56,10 @@ from pathlib import Path
 
 VOCAB = 8000
 SEQ = 128
-TARGETS = {"transformer": 1.2, "lstm": 1.0}  # lmfuse / PyTorch, the issue's acceptance bar
+# The acceptance bars: lmfuse / PyTorch (the LSTM at least as fast as torch.nn.LSTM) and
+# lmfuse / minimal JAX (no framework overhead) for every model.
+TORCH_TARGETS = {"lstm": 1.0}
+MINIMAL_TARGET = 1.0
 MODELS = {
     "transformer": dict(emb_dim=256, num_layers=4, num_heads=4, mlp_dim=1024, batch=16),
     "lstm": dict(emb_dim=256, hidden_dim=512, num_layers=2, batch=32),
@@ -441,6 +444,15 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def target_text(r: dict) -> str:
+    """Each acceptance bar this row has a peer for, and whether it is met."""
+    bars = [("PyTorch", "pytorch", TORCH_TARGETS.get(r["model"])),
+            ("minimal JAX", "minimal_jax", MINIMAL_TARGET)]
+    texts = [f"{label} >= {target:g}x: {'met' if r['pair_ratio'][peer] >= target else 'not met'}"
+             for label, peer, target in bars if target is not None and peer in r["pair_ratio"]]
+    return "; ".join(texts) or "-"
+
+
 def markdown(results: list[dict], args, command: str, load: tuple[float, float]) -> str:
     versions = {k: v for r in results for k, v in r["versions"].items()}
     torch_label = {"transformer": "torch.compile", "lstm": "torch.nn.LSTM"}
@@ -463,15 +475,14 @@ def markdown(results: list[dict], args, command: str, load: tuple[float, float])
     ]
     for r in results:
         m, c, pair = r["median"], r["compile_s"], r["pair_ratio"]
-        target, torch_pair = TARGETS[r["model"]], pair.get("pytorch")
-        met = "-" if torch_pair is None else "met" if torch_pair >= target else "not met"
+        torch_pair = pair.get("pytorch")
         of_medians = m["lmfuse"] / m["pytorch"] if "pytorch" in m else None
         compile_s = " / ".join(_fmt(c.get(f), ".1f") for f in ("lmfuse", *PEERS))
         lines.append(
             f"| {r['model']} | {r['params']:,} | {r['batch']} x {SEQ} | {m['lmfuse']:,.0f} "
             f"| {_fmt(m.get('pytorch'), ',.0f')} | {torch_label[r['model']]} "
             f"| {_fmt(m.get('minimal_jax'), ',.0f')} | {_fmt(of_medians, '.2f', 'x')} "
-            f"| {_fmt(torch_pair, '.2f', 'x')} | >= {target:.1f}x: {met} "
+            f"| {_fmt(torch_pair, '.2f', 'x')} | {target_text(r)} "
             f"| {_fmt(pair.get('minimal_jax'), '.2f', 'x')} | {compile_s} |"
         )
     ran = [f for f in ("lmfuse", *PEERS) if f in results[0]["tps"]]
