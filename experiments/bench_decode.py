@@ -6,6 +6,7 @@
     python experiments/bench_decode.py --profile      # adds per-step times and the step's writes
     python experiments/bench_decode.py --top_k 50     # top-k sampling instead of greedy
     python experiments/bench_decode.py --beam 4 --batch_sizes 1,8 --new_tokens 64   # beam search
+    python experiments/bench_decode.py --override model.fused_qkv=True   # a model option
 
 Model: a GPT-2-shaped Transformer LM with random weights (vocab 8000, width 384, 6 layers,
 6 heads, MLP 1536, learned positions for prompt + new tokens, tanh GELU, tied head; 13.8M
@@ -71,11 +72,12 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import torch
 import transformers
@@ -83,8 +85,10 @@ from bench_train import cpu_model, write_generated_block
 from jax import lax
 from minimal import minimal_transformer
 
+from lmfuse.config import apply_override
 from lmfuse.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lmfuse.decode import DecodeStep, beam_search, left_pad, lm_decode_step, sample
+from lmfuse.errors import LmfuseError
 from lmfuse.interop import load_gpt2
 from lmfuse.models import build_model
 from lmfuse.models.transformer import TransformerLM
@@ -110,8 +114,10 @@ SECTION = "## Decoding throughput (CPU)"
 # The model, on both sides
 
 
-def build_models(shape: dict, max_len: int, seed: int = 0):
-    """A random HF GPT-2 and the same weights as a lmfuse TransformerLM: (hf, model, params)."""
+def build_models(shape: dict, max_len: int, seed: int = 0, overrides: Sequence[str] = ()):
+    """A random HF GPT-2 and the same weights as a lmfuse TransformerLM: (hf, model, params).
+    `overrides` ('model.KEY=VALUE') change lmfuse's model options that keep the parameters'
+    layout, e.g. model.fused_qkv=True."""
     config = transformers.GPT2Config(
         vocab_size=shape["vocab"], n_positions=max_len, n_embd=shape["emb_dim"],
         n_layer=shape["num_layers"], n_head=shape["num_heads"], n_inner=shape["mlp_dim"],
@@ -121,7 +127,13 @@ def build_models(shape: dict, max_len: int, seed: int = 0):
     torch.manual_seed(seed)
     hf = transformers.GPT2LMHeadModel(config).eval()
     model_cfg, params = load_gpt2(hf.state_dict(), hf_config=hf.config)
-    model = build_model(model_cfg, vocab_size=shape["vocab"])
+    root = ml_collections.ConfigDict()
+    root.model = model_cfg
+    for override in overrides:
+        if not override.removeprefix("--config.").startswith("model."):
+            raise LmfuseError(f"--override {override!r}: only model.KEY=VALUE options apply here")
+        apply_override(root, override)
+    model = build_model(root.model, vocab_size=shape["vocab"])
     ours = sum(x.size for x in jax.tree.leaves(params))
     if ours != hf.num_parameters():
         raise AssertionError(f"parameter counts differ: lmfuse {ours:,}, HF {hf.num_parameters():,}")
@@ -492,6 +504,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="pin the process to its first N CPUs, so both sides use N threads "
                              "(default: all)")
+    parser.add_argument("--override", action="append", default=[], metavar="model.KEY=VALUE",
+                        help="lmfuse model option that keeps the parameters, e.g. "
+                             "model.fused_qkv=True (the others decode the same weights)")
     parser.add_argument("--profile", action="store_true",
                         help="also time single decode steps and break down the compiled loop")
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
@@ -518,7 +533,10 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    hf, model, params = build_models(shape, max_len=PROMPT_LEN + args.new_tokens)
+    try:
+        hf, model, params = build_models(shape, PROMPT_LEN + args.new_tokens, overrides=args.override)
+    except LmfuseError as error:
+        parser.error(str(error))
     max_len = PROMPT_LEN + args.new_tokens
     every = {
         "lmfuse": lambda: LmfuseDecoder(lm_decode_step(model), params, args.new_tokens, args.top_k,
@@ -550,7 +568,8 @@ def main(argv: list[str] | None = None) -> None:
         key = (f"threads={args.threads or 'all'} new_tokens={args.new_tokens} "
                f"batch_sizes={','.join(map(str, batch_sizes))}"
                + (f" top_k={args.top_k}" if args.top_k else "")
-               + (f" beam={args.beam}" if args.beam else ""))
+               + (f" beam={args.beam}" if args.beam else "")
+               + "".join(f" {o.removeprefix('--config.')}" for o in args.override))
         write_generated_block(Path(args.output), SECTION, "bench_decode", key,
                               markdown(results, args, info))
         print(f"wrote {args.output}")

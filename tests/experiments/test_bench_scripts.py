@@ -1,10 +1,12 @@
 """The speed benchmarks grade each row against the acceptance bars of the speed work: decoding
 >= 3x HF `generate` at batch 1 and >= 2x at batch 32 (greedy and top-k), beam search >= 2x at
 every batch size, the LSTM's train step >= 1x `torch.nn.LSTM`, and every path >= 1x the
-minimal JAX program. A bar is graded only where its peer ran."""
+minimal JAX program; a bar is graded only where its peer ran. The decoding benchmark can set
+lmfuse model options that keep the weights (`--override model.fused_qkv=True`)."""
 
 from __future__ import annotations
 
+import jax
 import pytest
 from bench_decode import target_text as decode_target
 from bench_train import target_text as train_target
@@ -36,3 +38,21 @@ def test_a_decode_batch_without_an_hf_bar_is_graded_against_minimal_jax_only():
 ])
 def test_train_rows_are_graded_against_the_bars(model, pair, expected):
     assert train_target({"model": model, "pair_ratio": pair}) == expected
+
+
+def test_decode_overrides_change_lmfuse_model_options_and_keep_the_weights():
+    from bench_decode import SHAPES, build_models
+
+    _, default, params = build_models(SHAPES["quick"], 24)
+    _, fused, fused_params = build_models(SHAPES["quick"], 24, overrides=["model.fused_qkv=True"])
+    assert (default.cfg.fused_qkv, fused.cfg.fused_qkv) == (False, True)
+    assert all((a == b).all() for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fused_params),
+                                              strict=True))
+
+
+def test_decode_overrides_refuse_what_is_not_a_model_option():
+    from bench_decode import main
+
+    with pytest.raises(SystemExit) as error:
+        main(["--quick", "--override", "train.steps=3"])
+    assert error.value.code == 2
