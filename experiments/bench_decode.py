@@ -81,7 +81,7 @@ import ml_collections
 import numpy as np
 import torch
 import transformers
-from bench_train import cpu_model, write_generated_block
+from bench_train import cpu_model, graded, write_generated_block
 from jax import lax
 from minimal import minimal_transformer
 
@@ -134,6 +134,12 @@ def build_models(shape: dict, max_len: int, seed: int = 0, overrides: Sequence[s
             raise LmfuseError(f"--override {override!r}: only model.KEY=VALUE options apply here")
         apply_override(root, override)
     model = build_model(root.model, vocab_size=shape["vocab"])
+    try:  # an option that changes the parameters' layout cannot decode these weights
+        jax.eval_shape(lambda: model.apply({"params": params}, jnp.ones((1, 2), jnp.int32)))
+    except Exception as error:
+        raise LmfuseError(f"--override {' '.join(overrides)}: the model no longer takes the "
+                          f"GPT-2 weights ({type(error).__name__}); set only options that keep "
+                          "the parameters, e.g. model.fused_qkv=True") from None
     ours = sum(x.size for x in jax.tree.leaves(params))
     if ours != hf.num_parameters():
         raise AssertionError(f"parameter counts differ: lmfuse {ours:,}, HF {hf.num_parameters():,}")
@@ -320,11 +326,8 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def target_text(r: dict) -> str:
     """Each acceptance bar this row has a peer for, and whether it is met."""
-    bars = [("HF", "hf", BEAM_TARGET if r.get("beam") else TARGETS.get(r["batch"])),
-            ("minimal JAX", "minimal_jax", MINIMAL_TARGET)]
-    texts = [f"{label} >= {target:g}x: {'met' if r['ratio'][peer] >= target else 'not met'}"
-             for label, peer, target in bars if target is not None and peer in r["ratio"]]
-    return "; ".join(texts) or "-"
+    return graded([("HF", "hf", BEAM_TARGET if r.get("beam") else TARGETS.get(r["batch"])),
+                   ("minimal JAX", "minimal_jax", MINIMAL_TARGET)], r["ratio"])
 
 
 def check_text(r: dict) -> str:

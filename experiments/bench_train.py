@@ -444,13 +444,17 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def graded(bars: list[tuple[str, str, float | None]], ratios: dict[str, float]) -> str:
+    """'PEER >= Nx: met; ...' for each (label, peer, bar) with a bar and a ratio, else '-'."""
+    texts = [f"{label} >= {bar:g}x: {'met' if ratios[peer] >= bar else 'not met'}"
+             for label, peer, bar in bars if bar is not None and peer in ratios]
+    return "; ".join(texts) or "-"
+
+
 def target_text(r: dict) -> str:
     """Each acceptance bar this row has a peer for, and whether it is met."""
-    bars = [("PyTorch", "pytorch", TORCH_TARGETS.get(r["model"])),
-            ("minimal JAX", "minimal_jax", MINIMAL_TARGET)]
-    texts = [f"{label} >= {target:g}x: {'met' if r['pair_ratio'][peer] >= target else 'not met'}"
-             for label, peer, target in bars if target is not None and peer in r["pair_ratio"]]
-    return "; ".join(texts) or "-"
+    return graded([("PyTorch", "pytorch", TORCH_TARGETS.get(r["model"])),
+                   ("minimal JAX", "minimal_jax", MINIMAL_TARGET)], r["pair_ratio"])
 
 
 def markdown(results: list[dict], args, command: str, load: tuple[float, float]) -> str:

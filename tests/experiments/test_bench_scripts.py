@@ -56,3 +56,12 @@ def test_decode_overrides_refuse_what_is_not_a_model_option():
     with pytest.raises(SystemExit) as error:
         main(["--quick", "--override", "train.steps=3"])
     assert error.value.code == 2
+
+
+def test_decode_overrides_refuse_an_option_that_changes_the_parameters():
+    from bench_decode import SHAPES, build_models
+
+    from lmfuse.errors import LmfuseError
+
+    with pytest.raises(LmfuseError, match="no longer takes the GPT-2 weights"):
+        build_models(SHAPES["quick"], 24, overrides=["model.num_layers=3"])
